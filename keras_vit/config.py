@@ -1,0 +1,90 @@
+"""The paper's model family as one table, decoded from short variant strings.
+
+A variant is written as big_vision writes it: ``"B/16"`` is the Base width/depth with
+16x16 patches, ``"R50+B/16"`` the hybrid with a ResNet-50 stem (see ``hybrid.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional, Tuple
+
+# name -> (hidden_size, num_layers, num_heads, mlp_dim), paper Table 1 plus Ti/S (DeiT, AugReg).
+WIDTHS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+}
+
+# The paper's hybrids (vit_jax configs): name -> (width, ResNet v2 stage sizes, patch size on
+# the stem's feature map). The stem has stride 4 (root) times 2 per stage after the first.
+HYBRIDS = {
+    "R+Ti/16": ("Ti", (), 8),
+    "R26+S/32": ("S", (2, 2, 2, 2), 1),
+    "R26+B/32": ("B", (2, 2, 2, 2), 1),
+    "R50+B/16": ("B", (3, 4, 9), 1),
+    "R50+L/32": ("L", (3, 4, 6, 3), 1),
+}
+
+POOLINGS = ("token", "gap")
+POSITION_EMBEDDINGS = ("learned", "learned_2d", "sincos2d", "none")
+
+_VARIANT_RE = re.compile(r"^(Ti|S|B|L|H)/(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Architecture hyper-parameters of one Vision Transformer."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: Tuple[int, int]
+    resnet: Optional[Tuple[Tuple[int, ...], float]] = None  # (stage sizes, width factor)
+
+
+def variant_names():
+    """The plain (non-hybrid) variants that have builders, in table order."""
+    return ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]
+
+
+def decode_variant(variant: str) -> ViTConfig:
+    """Decodes ``"B/16"`` (any width, any patch size) or a hybrid such as ``"R50+B/16"``.
+
+    Raises:
+        ValueError: the string names no known width, patch size or hybrid.
+    """
+    if isinstance(variant, str) and variant in HYBRIDS:
+        width, stages, patch = HYBRIDS[variant]
+        return dataclasses.replace(
+            decode_variant(f"{width}/{patch}"), resnet=(stages, 1.0)
+        )
+    match = _VARIANT_RE.match(variant) if isinstance(variant, str) else None
+    if match is None or int(match.group(2)) < 1:
+        raise ValueError(
+            f"Unknown variant {variant!r}. Expected '<width>/<patch>' with width one of "
+            f"{list(WIDTHS)} and a positive patch size (e.g. 'B/16'), or a hybrid, one of "
+            f"{list(HYBRIDS)}."
+        )
+    width, patch = match.group(1), int(match.group(2))
+    hidden_size, num_layers, num_heads, mlp_dim = WIDTHS[width]
+    return ViTConfig(hidden_size, num_layers, num_heads, mlp_dim, (patch, patch))
+
+
+def as_pair(value, name: str) -> Tuple[int, int]:
+    """Returns ``(h, w)`` from an int or a pair, refusing anything else by name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"`{name}` must be an int or a pair of ints (height, width); got {value!r}.")
+    if min(pair) < 1:
+        raise ValueError(f"`{name}` must be positive; got {value!r}.")
+    return pair

@@ -1,0 +1,271 @@
+"""Vision Transformer models built with the functional API, and the paper's family.
+
+``VisionTransformer`` is a functional ``keras.Model`` whose ``get_config`` returns its
+constructor's arguments, so ``.keras`` files rebuild it exactly. ``ViT(variant, ...)``
+decodes a variant string; ``ViTB16(...)`` and friends are one-line builders over it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+
+from keras_vit import hybrid
+from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, decode_variant, variant_names
+from keras_vit.layers import LAYER_NORM_EPSILON, Patches, PatchEncoder, TokenPooling, TransformerBlock
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {list(choices)}.")
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class VisionTransformer(keras.Model):
+    """Vision Transformer (Dosovitskiy et al., 2021) as a functional Keras model.
+
+    images -> [ResNet stem] -> Patches -> PatchEncoder -> TransformerBlock x L ->
+    ``encoder_norm`` -> pool (class token or mean) -> [``pre_logits`` Dense + tanh] ->
+    ``head``. Layer names follow the original checkpoints (``encoderblock_{i}``,
+    ``encoder_norm``, ``pre_logits``, ``head``).
+
+    Args:
+        image_size: int or (height, width); each a multiple of the patch size (times the
+            stem's stride for hybrids).
+        patch_size: int or (height, width).
+        hidden_size: width D of the tokens.
+        num_layers: number of Transformer blocks.
+        num_heads: attention heads per block.
+        mlp_dim: width of the MLP's hidden layer.
+        num_classes: classes of the head (ignored when ``include_top=False``).
+        channels: image channels (3 for RGB, 1 for grayscale).
+        include_top: with the head; without it the model returns the pooled
+            representation (after ``pre_logits`` when there is one).
+        pooling: ``"token"`` (class token) or ``"gap"`` (mean of all tokens, no class token).
+        representation_size: width of the pre-logits layer (Dense + tanh), or None.
+        dropout: dropout rate after the embedding, in attention output and MLP.
+        attention_dropout: dropout rate on attention probabilities.
+        drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks.
+        classifier_activation: activation of the head; None returns logits like the
+            original (train with ``from_logits=True``), ``"softmax"`` probabilities.
+        position_embedding: ``"learned"``, ``"learned_2d"``, ``"sincos2d"`` or ``"none"``.
+        resnet: None, or (stage sizes, width factor) for a hybrid ResNet v2 stem.
+        name: model name.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        mlp_dim=3072,
+        num_classes=1000,
+        channels=3,
+        include_top=True,
+        pooling="token",
+        representation_size=None,
+        dropout=0.0,
+        attention_dropout=0.0,
+        drop_path_rate=0.0,
+        classifier_activation=None,
+        position_embedding="learned",
+        resnet=None,
+        name="vit",
+        **kwargs,
+    ):
+        image_size = as_pair(image_size, "image_size")
+        patch_size = as_pair(patch_size, "patch_size")
+        _check_choice(pooling, "pooling", POOLINGS)
+        _check_choice(position_embedding, "position_embedding", POSITION_EMBEDDINGS)
+        if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(
+                f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
+                f"Use include_top=False for a model without a head."
+            )
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer (3 for RGB, 1 for grayscale); got {channels!r}.")
+        if resnet is not None:
+            stages, width_factor = resnet
+            resnet = (tuple(int(s) for s in stages), float(width_factor))
+            stride = hybrid.stem_stride(resnet[0])
+        else:
+            stride = 1
+        step = (patch_size[0] * stride, patch_size[1] * stride)
+        if image_size[0] % step[0] or image_size[1] % step[1]:
+            what = f"the patch size {patch_size[0]}x{patch_size[1]}" + (
+                f" times the ResNet stem's stride {stride}" if stride > 1 else ""
+            )
+            raise ValueError(
+                f"image_size {image_size[0]}x{image_size[1]} is not divisible by {what}: height "
+                f"and width must be multiples of {step[0]}x{step[1]} (e.g. "
+                f"{max(1, round(image_size[0] / step[0])) * step[0]}x"
+                f"{max(1, round(image_size[1] / step[1])) * step[1]})."
+            )
+        grid_size = (image_size[0] // step[0], image_size[1] // step[1])
+
+        images = keras.Input((image_size[0], image_size[1], channels), name="images")
+        x = images
+        if resnet is not None:
+            x = hybrid.resnet_stem(x, *resnet)
+        x = Patches(patch_size, name="patches")(x)
+        x = PatchEncoder(
+            hidden_size,
+            grid_size,
+            use_class_token=pooling == "token",
+            position_embedding=position_embedding,
+            name="embedding",
+        )(x)
+        x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+        for i in range(num_layers):
+            rate = drop_path_rate * i / max(num_layers - 1, 1)
+            x = TransformerBlock(
+                num_heads,
+                mlp_dim,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                drop_path_rate=rate,
+                name=f"encoderblock_{i}",
+            )(x)
+        x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
+        x = TokenPooling(pooling, name="pool")(x)
+        if representation_size:
+            x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
+        if include_top:
+            # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
+            x = keras.layers.Dense(
+                num_classes,
+                activation=classifier_activation,
+                kernel_initializer="zeros",
+                name="head",
+                dtype="float32",
+            )(x)
+        super().__init__(inputs=images, outputs=x, name=name, **kwargs)
+
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.num_classes = num_classes
+        self.channels = channels
+        self.include_top = include_top
+        self.pooling = pooling
+        self.representation_size = representation_size
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.drop_path_rate = drop_path_rate
+        self.classifier_activation = classifier_activation
+        self.position_embedding = position_embedding
+        self.resnet = resnet
+        self.grid_size = grid_size
+
+    def get_config(self):
+        return {
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "include_top": self.include_top,
+            "pooling": self.pooling,
+            "representation_size": self.representation_size,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "classifier_activation": self.classifier_activation,
+            "position_embedding": self.position_embedding,
+            "resnet": self.resnet,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("image_size", "patch_size"):
+            config[key] = tuple(config[key])
+        if config.get("resnet") is not None:
+            stages, width_factor = config["resnet"]
+            config["resnet"] = (tuple(stages), width_factor)
+        return cls(**config)
+
+
+def ViT(
+    variant: str = "B/16",
+    *,
+    num_classes: int = 1000,
+    image_size=224,
+    weights: Optional[str] = None,
+    name: Optional[str] = None,
+    **kwargs,
+) -> VisionTransformer:
+    """Builds a Vision Transformer of the paper's family from a variant string.
+
+    Args:
+        variant: ``"Ti/16"``, ``"S/16"``, ``"B/16"``, ``"L/32"``, ... (any patch size), or a
+            hybrid such as ``"R50+B/16"``.
+        num_classes: classes of the head.
+        image_size: int or (height, width).
+        weights: None (random init), a path to an original ``.npz`` checkpoint, or a
+            published name (``"imagenet21k"``, ``"imagenet21k+imagenet2012"``, AugReg
+            names; see ``keras_vit.checkpoints.PUBLISHED``), adapted to this model as the
+            original fine-tuning loader does.
+        name: model name; defaults to ``vit_b16``-style.
+        **kwargs: any other :class:`VisionTransformer` argument (``pooling``,
+            ``include_top``, ``representation_size``, ``dropout``, ``channels``, ...),
+            overriding the variant's.
+    """
+    config = decode_variant(variant)
+    arguments = dict(
+        patch_size=config.patch_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        mlp_dim=config.mlp_dim,
+        resnet=config.resnet,
+    )
+    arguments.update(kwargs)
+    if name is None:
+        name = "vit_" + variant.lower().replace("/", "").replace("+", "_")
+    model = VisionTransformer(image_size=image_size, num_classes=num_classes, name=name, **arguments)
+    if weights is not None:
+        from keras_vit import checkpoints  # noqa: PLC0415  (checkpoints imports this module)
+
+        checkpoints.load_weights(model, weights, variant=variant)
+    return model
+
+
+def _builder(variant):
+    def build(num_classes=1000, *, image_size=224, weights=None, **kwargs):
+        return ViT(variant, num_classes=num_classes, image_size=image_size, weights=weights, **kwargs)
+
+    build.__name__ = "ViT" + variant.replace("/", "").replace("+", "_")
+    build.__doc__ = f"ViT-{variant} of the paper. Arguments as :func:`keras_vit.ViT`."
+    return build
+
+
+ViTTi16 = _builder("Ti/16")
+ViTS16 = _builder("S/16")
+ViTS32 = _builder("S/32")
+ViTB8 = _builder("B/8")
+ViTB16 = _builder("B/16")
+ViTB32 = _builder("B/32")
+ViTL16 = _builder("L/16")
+ViTL32 = _builder("L/32")
+ViTH14 = _builder("H/14")
+
+BUILDERS = {variant: globals()["ViT" + variant.replace("/", "")] for variant in variant_names()}
+
+# The paper's hybrids: patches from a ResNet v2 feature map (see keras_vit.hybrid).
+ViTR_Ti16 = _builder("R+Ti/16")
+ViTR26_S32 = _builder("R26+S/32")
+ViTR26_B32 = _builder("R26+B/32")
+ViTR50_B16 = _builder("R50+B/16")
+ViTR50_L32 = _builder("R50+L/32")
