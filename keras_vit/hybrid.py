@@ -95,10 +95,27 @@ class BottleneckUnit(keras.layers.Layer):
         shape = self.conv2.compute_output_shape(self.conv1.compute_output_shape(input_shape))
         return shape[:-1] + (self.features * 4,)
 
+    def flops(self, input_shape) -> int:
+        """Multiply-add FLOPs of the unit's convolutions for one image."""
+        total, shape = 0, input_shape
+        for conv in (self.conv1, self.conv2, self.conv3):
+            total += conv_flops(conv, shape)
+            shape = conv.compute_output_shape(shape)
+        if self.conv_proj is not None:
+            total += conv_flops(self.conv_proj, input_shape)
+        return total
+
     def get_config(self):
         config = super().get_config()
         config.update(features=self.features, strides=self.strides)
         return config
+
+
+def conv_flops(conv, input_shape) -> int:
+    """2 x multiply-accumulates of a convolution on one image of ``input_shape``."""
+    _, height, width, out_channels = conv.compute_output_shape(input_shape)
+    kh, kw, in_channels, _ = conv.kernel.shape
+    return 2 * height * width * kh * kw * in_channels * out_channels
 
 
 def resnet_stem(x, stages, width_factor):

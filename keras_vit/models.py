@@ -269,3 +269,63 @@ ViTR26_S32 = _builder("R26+S/32")
 ViTR26_B32 = _builder("R26+B/32")
 ViTR50_B16 = _builder("R50+B/16")
 ViTR50_L32 = _builder("R50+L/32")
+
+
+def forward_flops(model: VisionTransformer) -> int:
+    """Multiply-add FLOPs (2 per multiply-accumulate) of one image's forward pass.
+
+    Counts the matrix products and convolutions (patch projection, attention projections,
+    attention scores and weighted sum, MLP, pre-logits, head, ResNet stem); norms,
+    softmax and activations are left out, as in the paper's and timm's figures.
+    """
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            flops += hybrid.conv_flops(layer, layer.input.shape)
+        elif isinstance(layer, PatchEncoder):
+            flops += 2 * layer.num_patches * layer.projection.kernel.shape[0] * layer.hidden_size
+        elif isinstance(layer, TransformerBlock):
+            tokens, width = layer.output.shape[1], layer.output.shape[2]
+            flops += 2 * tokens * width * 4 * width  # q, k, v and output projections
+            flops += 2 * 2 * tokens * tokens * width  # scores and weighted sum
+            flops += 2 * 2 * tokens * width * layer.mlp_dim
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, hybrid.BottleneckUnit):
+            flops += layer.flops(layer.input.shape)
+    return flops
+
+
+HYBRID_BUILDERS = {
+    "R+Ti/16": ViTR_Ti16,
+    "R26+S/32": ViTR26_S32,
+    "R26+B/32": ViTR26_B32,
+    "R50+B/16": ViTR50_B16,
+    "R50+L/32": ViTR50_L32,
+}
+
+
+def variant_table(include_hybrids: bool = False, image_size: int = 224, num_classes: int = 1000):
+    """One row per variant, computed from the built model: architecture, params, GFLOPs."""
+    builders = dict(BUILDERS)
+    if include_hybrids:
+        builders.update(HYBRID_BUILDERS)
+    rows = []
+    for variant, build in builders.items():
+        model = build(num_classes=num_classes, image_size=image_size)
+        rows.append(
+            {
+                "model": f"ViT-{variant}",
+                "builder": build.__name__,
+                "layers": model.num_layers,
+                "width": model.hidden_size,
+                "heads": model.num_heads,
+                "mlp": model.mlp_dim,
+                "patch": model.patch_size[0],
+                "params": model.count_params(),
+                f"GFLOPs@{image_size}": forward_flops(model) / 1e9,
+            }
+        )
+        del model
+        keras.backend.clear_session()
+    return rows
