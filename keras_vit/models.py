@@ -164,6 +164,23 @@ class VisionTransformer(keras.Model):
         self.resnet = resnet
         self.grid_size = grid_size
 
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        self._check_images(inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def _check_images(self, images):
+        shape = tuple(getattr(images, "shape", ()))
+        expected = (self.image_size[0], self.image_size[1], self.channels)
+        if len(shape) != 4 or any(
+            got is not None and got != want for got, want in zip(shape[1:], expected)
+        ):
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) ({expected[2]} channel{'s' if expected[2] > 1 else ''}), scaled "
+                f"to [-1, 1]; received shape {shape}. Resize the images, or build the model "
+                f"with image_size=/channels= to match them."
+            )
+
     def get_config(self):
         return {
             "image_size": self.image_size,
