@@ -117,9 +117,12 @@ def fetch_weights(variant: str, name: str) -> str:
     """Downloads a published checkpoint once into the Keras cache; returns its path."""
     url = weights_url(variant, name)
     fname = url.rsplit("/", 1)[-1]
-    cache_dir = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras_vit")
+    # Read at call time (Keras reads KERAS_HOME once, at import).
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    cache_dir = os.path.join(keras_home, "keras_vit")
+    os.makedirs(cache_dir, exist_ok=True)  # get_file falls back to /tmp when it is missing
     try:
-        return keras.utils.get_file(fname=fname, origin=url, cache_subdir="keras_vit")
+        return keras.utils.get_file(fname=fname, origin=url, cache_dir=keras_home, cache_subdir="keras_vit")
     except Exception as error:  # get_file raises bare Exception on URL/HTTP failures
         raise RuntimeError(
             f"Could not download the {name!r} weights of ViT-{variant} from {url} ({error}). "
