@@ -26,3 +26,4 @@ from keras_vit.models import (
     ViTTi16,
     VisionTransformer,
 )
+from keras_vit.checkpoints import from_npz, load_npz, save_npz

@@ -490,3 +490,31 @@ def from_npz(
     model = VisionTransformer(num_classes=num_classes, include_top=include_top, **config)
     source = "the given arrays" if isinstance(path, dict) else repr(os.fspath(path))
     return _load_params(model, params, source, reset_head=reset_head, old_grid=old_grid)
+
+
+def describe_checkpoint(path) -> dict:
+    """What a checkpoint holds: the inferred model arguments, parameter count, keys."""
+    params = read_npz(path)
+    return {
+        "path": os.fspath(path),
+        "config": infer_config(params),
+        "parameters": int(sum(value.size for value in params.values())),
+        "keys": {key: list(value.shape) for key, value in sorted(params.items())},
+    }
+
+
+def convert_checkpoint(path, output, *, overwrite: bool = False, **kwargs) -> VisionTransformer:
+    """Builds the model of an ``.npz`` checkpoint (see :func:`from_npz`) and saves ``.keras``.
+
+    Raises:
+        ValueError: ``output`` does not end in ``.keras``, or exists and ``overwrite`` is False.
+    """
+    output = os.fspath(output)
+    if not output.endswith(".keras"):
+        raise ValueError(f"Output {output!r} must be a .keras file.")
+    if os.path.exists(output) and not overwrite:
+        raise ValueError(f"{output!r} already exists; pass overwrite=True (--overwrite) to replace it.")
+    model = from_npz(path, **kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    model.save(output)
+    return model

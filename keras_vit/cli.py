@@ -51,7 +51,11 @@ def format_table(rows):
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    numeric = [isinstance(rows[0][c], (int, float)) and not isinstance(rows[0][c], bool) for c in columns]
+    lines += [
+        "| " + " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(r, widths, numeric)) + " |"
+        for r in cells
+    ]
     return "\n".join(lines)
 
 
@@ -63,8 +67,74 @@ def _cell(value):
     return str(value)
 
 
+# --------------------------------------------------------------------------- inspect / convert
+def _add_inspect(subparsers):
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show what an original .npz checkpoint holds",
+        description="Prints the model configuration inferred from an original ViT .npz "
+        "checkpoint, its parameter count, and every key with its shape.",
+    )
+    parser.add_argument("checkpoint", help="path of the .npz checkpoint")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args):
+    from keras_vit.checkpoints import describe_checkpoint
+
+    info = describe_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"checkpoint: {info['path']}")
+    print(f"parameters: {info['parameters']:,}")
+    print("inferred configuration:")
+    for key, value in info["config"].items():
+        print(f"  {key}: {value}")
+    print(f"keys ({len(info['keys'])}):")
+    width = max(len(key) for key in info["keys"])
+    for key, shape in info["keys"].items():
+        print(f"  {key.ljust(width)}  {tuple(shape)}")
+
+
+def _add_convert(subparsers):
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an original .npz checkpoint to a .keras model",
+        description="Builds the model an original ViT .npz checkpoint describes, loads it "
+        "strictly (resampling position embeddings and replacing the head when asked) and "
+        "saves it as a .keras file.",
+    )
+    parser.add_argument("checkpoint", help="path of the .npz checkpoint")
+    parser.add_argument("output", help="the .keras file to write")
+    parser.add_argument("--image-size", type=int, help="fine-tuning resolution (resamples position embeddings)")
+    parser.add_argument("--num-classes", type=int, help="a new zero-initialised head with this many classes")
+    parser.add_argument("--no-top", action="store_true", help="without the head (feature extractor)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args):
+    from keras_vit.checkpoints import convert_checkpoint
+
+    model = convert_checkpoint(
+        args.checkpoint,
+        args.output,
+        overwrite=args.overwrite,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        include_top=not args.no_top,
+    )
+    print(
+        f"wrote {args.output}: {model.count_params():,} parameters, images "
+        f"{model.image_size[0]}x{model.image_size[1]}x{model.channels}, "
+        + (f"{model.num_classes} classes" if model.include_top else "no head")
+    )
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_models]
+_COMMANDS = [_add_models, _add_inspect, _add_convert]
 
 
 def build_parser():

@@ -1,0 +1,70 @@
+"""The keras-vit command: models, inspect, convert (and the installed entry point)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit import cli
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_models_table_is_computed_from_the_real_models(capsys):
+    status, out, _ = run(capsys, "models", "--json")
+    assert status == 0
+    rows = {row["model"]: row for row in json.loads(out)}
+    assert rows["ViT-B/16"]["params"] == 86_567_656
+    assert rows["ViT-H/14"]["params"] == 632_045_800
+    assert (rows["ViT-L/16"]["layers"], rows["ViT-L/16"]["width"], rows["ViT-L/16"]["heads"]) == (24, 1024, 16)
+    assert rows["ViT-B/16"]["GFLOPs@224"] == pytest.approx(35.1, abs=0.1)
+    assert len(rows) == 9
+
+
+def test_inspect_prints_config_params_and_keys(capsys):
+    status, out, _ = run(capsys, "inspect", str(DATA / "vit_gap.npz"), "--json")
+    assert status == 0
+    info = json.loads(out)
+    assert info["config"]["pooling"] == "gap" and info["config"]["patch_size"] == [4, 4]
+    with np.load(DATA / "vit_gap.npz") as data:
+        assert info["parameters"] == sum(data[k].size for k in data.files)
+        assert info["keys"]["embedding/kernel"] == list(data["embedding/kernel"].shape)
+
+
+def test_convert_writes_a_loadable_model_and_never_overwrites(capsys, tmp_path):
+    output = tmp_path / "token48.keras"
+    status, out, _ = run(capsys, "convert", str(DATA / "vit_token.npz"), str(output), "--image-size", "48", "--num-classes", "3")
+    assert status == 0 and "3 classes" in out
+    model = keras.saving.load_model(output)
+    assert model.image_size == (48, 48) and model.num_classes == 3
+    before = output.read_bytes()
+    status, _, err = run(capsys, "convert", str(DATA / "vit_token.npz"), str(output))
+    assert status == 2
+    assert "already exists; pass overwrite=True (--overwrite)" in err
+    assert output.read_bytes() == before
+
+
+def test_inspect_missing_file_is_a_clear_cli_error(capsys, tmp_path):
+    status, _, err = run(capsys, "inspect", str(tmp_path / "none.npz"))
+    assert status == 2
+    assert "keras-vit inspect: error: Checkpoint" in err and "none.npz' does not exist" in err
+
+
+def test_installed_entry_point_help_lists_subcommands():
+    # The console script installed beside this interpreter (the test venv's).
+    executable = pathlib.Path(sys.executable).parent / "keras-vit"
+    assert executable.is_file(), "the keras-vit console script is not installed"
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("models", "inspect", "convert"):
+        assert command in result.stdout
