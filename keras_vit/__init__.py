@@ -27,3 +27,11 @@ from keras_vit.models import (
     VisionTransformer,
 )
 from keras_vit.checkpoints import from_npz, load_npz, save_npz
+from keras_vit.visualize import (
+    attention_maps,
+    attention_rollout,
+    embedding_filters,
+    mean_attention_distance,
+    position_embedding_similarity,
+    upsample_heatmap,
+)

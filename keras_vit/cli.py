@@ -133,8 +133,47 @@ def _run_convert(args):
     )
 
 
+# --------------------------------------------------------------------------- visualize
+def _add_visualize(subparsers):
+    parser = subparsers.add_parser(
+        "visualize",
+        help="write attention and embedding figures (PNG) for a model and some images",
+        description="Writes PNG figures to --out: each image with its attention rollout overlaid, "
+        "a per-head attention grid for one block, the position-embedding similarity grid, the "
+        "principal components of the embedding filters, and mean attention distance against depth "
+        "(the paper's Fig. 7). Existing figures are kept unless --overwrite is given.",
+    )
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a .keras file, a run folder holding model.keras (saved_models/<run>) or an original .npz checkpoint",
+    )
+    parser.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="image files (PNG, JPEG), resized to the model's input size"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
+    parser.add_argument(
+        "--layer", type=int, default=-1, help="block drawn head by head; negative counts from the last (default -1)"
+    )
+    parser.add_argument(
+        "--filters", type=int, default=28, help="principal components of the embedding filters to draw (default 28)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace figures already in --out")
+    parser.set_defaults(handler=_run_visualize)
+
+
+def _run_visualize(args):
+    from keras_vit.visualize import save_figures
+
+    written = save_figures(
+        args.model, args.images, args.out, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
+    )
+    for path in written.values():
+        print(path)
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_models, _add_inspect, _add_convert]
+_COMMANDS = [_add_models, _add_inspect, _add_convert, _add_visualize]
 
 
 def build_parser():
