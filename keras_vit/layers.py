@@ -379,6 +379,14 @@ class TransformerBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def compute_output_spec(self, x, training=False, return_attention_scores=False):
+        # Lets a functional graph take the attention probabilities as a second output.
+        outputs = keras.KerasTensor(x.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        scores_shape = (x.shape[0], self.num_heads, x.shape[1], x.shape[1])
+        return outputs, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -127,6 +127,18 @@ def test_transformer_block_is_pre_norm_residual():
     _config_round_trip(block)
 
 
+def test_transformer_block_attention_scores_in_a_functional_graph():
+    tokens = keras.Input((5, 4))
+    block = TransformerBlock(num_heads=2, mlp_dim=8)
+    outputs, scores = block(tokens, return_attention_scores=True)
+    assert tuple(scores.shape) == (None, 2, 5, 5)
+    graph = keras.Model(tokens, [outputs, scores])
+    x = np.random.default_rng(1).normal(size=(3, 5, 4)).astype("float32")
+    y, probabilities = graph(x)
+    np.testing.assert_allclose(ops.convert_to_numpy(y), ops.convert_to_numpy(block(x)), atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(probabilities, axis=-1)), 1.0, atol=1e-5)
+
+
 def test_transformer_block_rejects_width_not_divisible_by_heads():
     with pytest.raises(ValueError, match=r"Width 10 is not divisible by num_heads=3"):
         TransformerBlock(num_heads=3, mlp_dim=8)(np.zeros((1, 2, 10), "float32"))
