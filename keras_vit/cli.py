@@ -172,8 +172,93 @@ def _run_visualize(args):
         print(path)
 
 
+# --------------------------------------------------------------------------- export / predict
+def _add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to SavedModel, TFLite and ONNX, each verified against Keras",
+        description="Writes SavedModel (bytes and float signatures), TFLite (float32, float16, "
+        "dynamic-range int8, full-integer int8; builtin ops only) and ONNX (opset >= 17, dynamic "
+        "batch) artifacts with labels.txt and manifest.json, runs each in its own runtime on "
+        "held-out images next to the Keras model and fails (status 2) naming any artifact "
+        "outside its tolerance. 28x28x1 models are calibrated and verified on the embedded MNIST "
+        "digits, and a few validation digits are written to EXPORT/samples/*.png.",
+    )
+    parser.add_argument("model", help="a .keras file or a run folder (saved_models/<run>)")
+    parser.add_argument(
+        "--format", default="all", help="all, or a comma list of savedmodel, tflite, onnx (default: all)"
+    )
+    parser.add_argument(
+        "--precision",
+        default="float32,float16,dynamic_int8,int8",
+        help="TFLite precisions, a comma list (default: float32,float16,dynamic_int8,int8)",
+    )
+    parser.add_argument("--output", help="output folder (default: <folder of the .keras file>/export)")
+    parser.add_argument(
+        "--class-names",
+        help="comma list or a file with one name per line (default: the run's config.json, else 0..K-1)",
+    )
+    parser.add_argument(
+        "--images", help="folder of images for int8 calibration and verification (default: embedded MNIST "
+        "for 28x28x1 models, else noise for verification and no int8 calibration)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="k of the SavedModel bytes signature (default 5)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args):
+    from keras_vit.export import export_model, format_manifest
+
+    manifest = export_model(
+        args.model,
+        output_dir=args.output,
+        formats=args.format,
+        tflite_precisions=args.precision,
+        class_names=args.class_names,
+        images_dir=args.images,
+        top_k=args.top_k,
+        opset=args.opset,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest))
+
+
+def _add_predict(subparsers):
+    parser = subparsers.add_parser(
+        "predict",
+        help="top-k classes of image files with a .keras model, SavedModel, .tflite or .onnx",
+        description="Runs any model or exported artifact (.keras file, run folder, SavedModel folder, "
+        ".tflite, .onnx) on JPEG/PNG/BMP/GIF files of any size (resized to the model's input) and "
+        "prints the top-k labels with probabilities. Unreadable files are reported by name on "
+        "stderr, the others still predicted, and the status is then 1. Held-out MNIST digits to "
+        "try: `keras-vit export RUN` writes RUN/export/samples/*.png.",
+    )
+    parser.add_argument("model", help="a .keras file, run folder, SavedModel folder, .tflite or .onnx file")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--class-names", help="comma list or a file with one name per line (overrides the artifact's)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args):
+    from keras_vit.predict import format_predictions, predict_files
+
+    result = predict_files(args.model, args.images, top_k=args.top_k, class_names=args.class_names)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["predictions"]:
+        print(format_predictions(result))
+    for error in result["errors"]:
+        print(f"keras-vit predict: cannot read {error['file']}: {error['error']}", file=sys.stderr)
+    return 1 if result["errors"] else 0
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_models, _add_inspect, _add_convert, _add_visualize]
+_COMMANDS = [_add_models, _add_inspect, _add_convert, _add_visualize, _add_export, _add_predict]
 
 
 def build_parser():

@@ -1,0 +1,823 @@
+"""Deployment: SavedModel, TFLite (LiteRT) and ONNX artifacts, each verified in its own runtime.
+
+``export_model`` writes the artifacts of a Keras Vision Transformer into one folder
+(``saved_models/<run>/export/`` by default) with ``labels.txt`` and ``manifest.json``.
+Every artifact is loaded back in the runtime that will serve it (TensorFlow, the
+ai-edge-litert ``Interpreter``, onnxruntime), run on held-out images next to the Keras
+model, and the figures measured go into the manifest; an artifact outside its tolerance
+makes ``export_model`` raise ``RuntimeError`` naming it.
+
+The float entry points of every artifact take ``(B, H, W, C)`` float32 images already scaled
+to [-1, 1], exactly like the Keras model, and return its raw output (logits unless the model
+was built with a ``classifier_activation``). The SavedModel's ``serving_default`` signature
+takes encoded JPEG/PNG/BMP/GIF bytes of any size and does the preprocessing itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+DEFAULT_OPSET = 17
+DEFAULT_TOP_K = 5
+SAVEDMODEL_DIRNAME = "saved_model"
+ONNX_FILENAME = "model.onnx"
+LABELS_FILENAME = "labels.txt"
+MANIFEST_FILENAME = "manifest.json"
+SAMPLES_DIRNAME = "samples"
+BYTES_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "serving_images"
+
+# Largest accepted parity figures. Float artifacts compare raw outputs (max abs difference,
+# relative to the outputs' scale once it exceeds 1); int8 artifacts compare decisions.
+DEFAULT_TOLERANCES = {
+    "float32": 1e-4,
+    "float16": 1e-2,
+    "int8_min_top1_agreement": 0.99,
+    "int8_max_accuracy_drop": 0.01,
+}
+# Calibration and verification sample sizes taken from a dataset.
+CALIBRATION_SAMPLES = 1000
+VERIFICATION_SAMPLES = 1000
+RANDOM_VERIFICATION_SAMPLES = 16
+
+
+def tflite_filename(precision):
+    """File name of the TFLite artifact of a precision, e.g. ``model_int8.tflite``."""
+    return f"model_{precision}.tflite"
+
+
+# --------------------------------------------------------------------------- inputs
+def load_keras_model(path):
+    """Loads a ``.keras`` model file (or the ``model.keras`` of a run folder) for inference.
+
+    Args:
+        path: a ``.keras`` file, or a run folder holding ``model.keras``.
+
+    Returns:
+        The Keras model, not compiled.
+
+    Raises:
+        FileNotFoundError: when there is no such file.
+        ValueError: when the path is not a ``.keras`` file or run folder.
+    """
+    import keras
+
+    import keras_vit  # noqa: F401  (registers the layers for deserialisation)
+
+    model_path = resolve_model_path(path)
+    return keras.saving.load_model(model_path, compile=False)
+
+
+def resolve_model_path(path):
+    """The ``.keras`` file that ``path`` (a file or a run folder) names."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "model.keras")
+        if not os.path.isfile(candidate):
+            raise FileNotFoundError(
+                f"Run folder {path!r} holds no model.keras; pass a .keras file or a run folder "
+                f"written by training (saved_models/<run>/model.keras)."
+            )
+        return candidate
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model file: {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a .keras model file or a run folder; got {path!r}.")
+    return path
+
+
+def default_export_dir(model_path):
+    """``<folder of the .keras file>/export``: ``saved_models/<run>/export`` for a run."""
+    return os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(model_path))), "export")
+
+
+def run_class_names(model_path):
+    """Class names stored in the run folder's ``config.json`` under ``class_names``, or None."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(model_path))), "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as file:
+        try:
+            config = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Cannot read {config_path!r} as JSON: {error}.") from error
+    names = config.get("class_names") if isinstance(config, dict) else None
+    return [str(name) for name in names] if names else None
+
+
+def parse_class_names(spec, num_classes):
+    """Class names from a list, a comma-separated string or a file (one name per line).
+
+    Args:
+        spec: None, a list of names, ``"cat,dog"``, or the path of a text file.
+        num_classes: how many names the model needs.
+
+    Returns:
+        A list of ``num_classes`` strings; ``"0"`` .. ``"K-1"`` when ``spec`` is None.
+
+    Raises:
+        ValueError: when the number of names is not ``num_classes``.
+    """
+    if spec is None:
+        return [str(index) for index in range(num_classes)]
+    if isinstance(spec, str):
+        if os.path.isfile(spec):
+            with open(spec) as file:
+                names = [line.strip() for line in file if line.strip()]
+            source = f"file {spec!r}"
+        else:
+            names = [name.strip() for name in spec.split(",")]
+            source = f"{spec!r}"
+    else:
+        names = [str(name) for name in spec]
+        source = "the list given"
+    if len(names) != num_classes:
+        raise ValueError(
+            f"The model has {num_classes} classes but {source} gives {len(names)} class names; "
+            f"give exactly {num_classes} (comma-separated or one per line in a file)."
+        )
+    return names
+
+
+def model_input_spec(model):
+    """``(height, width, channels)`` of a model's image input."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or any(size is None for size in shape[1:]):
+        raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def model_output_kind(model):
+    """``"logits"`` when the model's head has no activation, else ``"probabilities"``."""
+    activation = getattr(model, "classifier_activation", None)
+    if activation in (None, "linear"):
+        return "logits"
+    if activation == "softmax":
+        return "probabilities"
+    raise ValueError(
+        f"Cannot serve class probabilities from a head with activation {activation!r}; "
+        f"export a model whose head returns logits (None) or 'softmax'."
+    )
+
+
+def scale_images(images):
+    """uint8-range images -> float32 in [-1, 1], the model's own scaling (x / 127.5 - 1)."""
+    return np.asarray(images, dtype="float32") / 127.5 - 1.0
+
+
+def export_data(model, images_dir=None, seed=0):
+    """Calibration and verification images for a model, from the best source available.
+
+    28x28x1 models get the embedded MNIST digits (training images for calibration, the
+    validation split with its labels for verification); other models read the images of
+    ``images_dir`` (resized to the model's size, every file for calibration, the first
+    ``VERIFICATION_SAMPLES`` for verification). Without either, verification uses seeded
+    uniform noise in [-1, 1] and there is no calibration data (full-integer int8 needs it).
+
+    Args:
+        model: the Keras model.
+        images_dir: optional folder of image files (searched recursively).
+        seed: seed of the noise images.
+
+    Returns:
+        A dict with ``calibration`` (float32 array or None), ``verification`` (float32
+        array), ``verification_labels`` (int array or None), ``samples`` (uint8 images
+        for sample PNGs or None), ``sample_labels`` and ``source`` (a description).
+    """
+    height, width, channels = model_input_spec(model)
+    if images_dir is not None:
+        from keras_vit.predict import list_image_files, read_images
+
+        paths = list_image_files(images_dir)
+        if not paths:
+            raise ValueError(f"Found no image files in {images_dir!r} to calibrate and verify with.")
+        images, read, errors = read_images(paths, (height, width), channels)
+        if errors:
+            raise ValueError(f"Cannot read {len(errors)} file(s) in {images_dir!r}: {_describe_errors(errors)}")
+        return dict(
+            calibration=images[:CALIBRATION_SAMPLES],
+            verification=images[:VERIFICATION_SAMPLES],
+            verification_labels=None,
+            samples=None,
+            sample_labels=None,
+            source=f"{len(read)} images from {images_dir}",
+        )
+    if (height, width, channels) == (28, 28, 1):
+        from keras_vit.data import load_embedded_mnist
+
+        (x_train, _), (x_val, y_val) = load_embedded_mnist()
+        # One validation digit of each class for the sample PNGs.
+        sample_index = [int(np.flatnonzero(y_val == digit)[0]) for digit in range(10)]
+        return dict(
+            calibration=scale_images(x_train[:CALIBRATION_SAMPLES, :, :, None]),
+            verification=scale_images(x_val[:VERIFICATION_SAMPLES, :, :, None]),
+            verification_labels=y_val[:VERIFICATION_SAMPLES].astype("int64"),
+            samples=x_val[sample_index, :, :, None],
+            sample_labels=y_val[sample_index].astype("int64"),
+            source="embedded MNIST (calibration: training split, verification: validation split)",
+        )
+    noise = np.random.default_rng(seed).uniform(-1.0, 1.0, (RANDOM_VERIFICATION_SAMPLES, height, width, channels))
+    return dict(
+        calibration=None,
+        verification=noise.astype("float32"),
+        verification_labels=None,
+        samples=None,
+        sample_labels=None,
+        source=f"{RANDOM_VERIFICATION_SAMPLES} uniform noise images (seed {seed})",
+    )
+
+
+def _describe_errors(errors):
+    return "; ".join(f"{path}: {message}" for path, message in list(errors.items())[:5])
+
+
+# --------------------------------------------------------------------------- writers
+def _float_function(model):
+    import tensorflow as tf
+
+    height, width, channels = model_input_spec(model)
+    spec = tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
+
+    @tf.function(input_signature=[spec])
+    def serve_images(images):
+        return {"outputs": model(images, training=False)}
+
+    return serve_images
+
+
+def _probabilities(outputs, output_kind):
+    import tensorflow as tf
+
+    return tf.nn.softmax(outputs, axis=-1) if output_kind == "logits" else outputs
+
+
+def decode_and_resize(encoded, image_size, channels):
+    """Encoded image bytes (scalar string tensor) -> (H, W, C) float32 in [-1, 1].
+
+    Decodes JPEG/PNG/BMP/GIF (the first frame), converts to ``channels``, resizes with
+    bilinear interpolation to ``image_size`` and scales by x / 127.5 - 1: the
+    preprocessing of the SavedModel's bytes signature and of ``keras-vit predict``.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
+    image = tf.ensure_shape(image, (image_size[0], image_size[1], channels))
+    return image / 127.5 - 1.0
+
+
+def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
+    """Writes a SavedModel with a bytes signature and a float-tensor signature.
+
+    ``serving_default`` takes ``images``: (B,) encoded JPEG/PNG/BMP/GIF strings of any
+    size, decodes, resizes (bilinear) and scales them to [-1, 1], and returns
+    ``probabilities`` (B, K), ``top_k_ids`` (B, k) int32, ``top_k_probabilities`` (B, k)
+    and ``top_k_names`` (B, k) strings. ``serving_images`` takes ``images``: (B, H, W, C)
+    float32 in [-1, 1] and returns ``outputs`` (the model's raw output) and
+    ``probabilities``.
+
+    Args:
+        model: the Keras model.
+        directory: the SavedModel folder to write; must not exist yet.
+        class_names: K class names.
+        top_k: k of the top-k outputs (at most K).
+
+    Returns:
+        ``directory``.
+    """
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = model_input_spec(model)
+    output_kind = model_output_kind(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    top_k = min(int(top_k), num_classes)
+    names = tf.constant(list(class_names), dtype=tf.string)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
+    def serve_images(images):
+        outputs = model(images, training=False)
+        return {"outputs": outputs, "probabilities": _probabilities(outputs, output_kind)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_bytes(images):
+        pixels = tf.map_fn(
+            lambda encoded: decode_and_resize(encoded, (height, width), channels),
+            images,
+            fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32),
+        )
+        probabilities = _probabilities(model(pixels, training=False), output_kind)
+        top = tf.math.top_k(probabilities, k=top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_ids": top.indices,
+            "top_k_probabilities": top.values,
+            "top_k_names": tf.gather(names, top.indices),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
+    archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
+    archive.write_out(directory, verbose=False)
+    return directory
+
+
+def _float_savedmodel(model, directory):
+    # The converter freezes the variables of a SavedModel; converting the live function
+    # instead leaves VAR_HANDLE/READ_VARIABLE ops that a plain interpreter never initialises.
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
+    archive.write_out(directory, verbose=False)
+    return directory
+
+
+def export_tflite(model, path, precision="float32", calibration_images=None, saved_model_dir=None):
+    """Converts the model to a TFLite (LiteRT) flatbuffer with builtin ops only.
+
+    Args:
+        model: the Keras model.
+        path: the ``.tflite`` file to write.
+        precision: ``"float32"``; ``"float16"`` (weights stored in float16);
+            ``"dynamic_int8"`` (int8 weights, activations quantized on the fly);
+            ``"int8"`` (full integer: int8 weights and activations calibrated on
+            ``calibration_images``, int8 input and output with their scale and zero point
+            in the input/output details).
+        calibration_images: (N, H, W, C) float32 images in [-1, 1] from the training data;
+            required for ``"int8"``.
+        saved_model_dir: a SavedModel with the ``serving_images`` signature to convert;
+            written to a temporary folder when None.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: for an unknown precision or ``"int8"`` without calibration images.
+        RuntimeError: when the converter fails (its message included).
+    """
+    import tensorflow as tf
+
+    _check_precisions([precision])
+    if precision == "int8" and (calibration_images is None or len(calibration_images) == 0):
+        raise ValueError(
+            "Full-integer int8 needs calibration images from the training data "
+            "(calibration_images, or --images DIR on the command line); got none."
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        if saved_model_dir is None:
+            saved_model_dir = _float_savedmodel(model, os.path.join(scratch, "saved_model"))
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[FLOAT_SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if precision != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if precision == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if precision == "int8":
+            calibration = np.asarray(calibration_images, dtype="float32")
+            converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # the converter raises ConverterError and others
+            raise RuntimeError(f"TFLite conversion ({precision}) of {path} failed: {error}") from error
+    with open(path, "wb") as file:
+        file.write(flatbuffer)
+    flex = [op for op in tflite_ops(path) if not _is_builtin_op(op)]
+    if flex:
+        raise RuntimeError(f"{path} uses non-builtin ops {flex}; the stock LiteRT runtime cannot run it.")
+    return path
+
+
+def tflite_ops(path):
+    """Names of the operators in a TFLite file, as the LiteRT interpreter reads them.
+
+    Listed without the default XNNPACK delegate, so that every op of the graph shows;
+    a Flex (SELECT_TF_OPS) op shows as its custom name, e.g. ``FlexMatMul``.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=os.fspath(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def _is_builtin_op(name):
+    # Builtin ops are upper-case names (ADD, BATCH_MATMUL); custom and Flex ops are not.
+    return name.isupper() and not name.startswith("FLEX")
+
+
+def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
+    """Converts the model to ONNX with tf2onnx, with a dynamic batch dimension.
+
+    The graph takes ``images`` (B, H, W, C) float32 in [-1, 1] and returns ``outputs``.
+    The class names and output kind are stored in the model's metadata
+    (``class_names`` as JSON, ``output_kind``), so the file is self-describing.
+
+    Args:
+        model: the Keras model.
+        path: the ``.onnx`` file to write.
+        class_names: K class names.
+        opset: ONNX opset, at least 17.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: for an opset below 17.
+        RuntimeError: when tf2onnx fails (its message included).
+    """
+    import onnx
+    import tf2onnx
+
+    if int(opset) < DEFAULT_OPSET:
+        raise ValueError(f"ONNX opset must be at least {DEFAULT_OPSET}; got {opset}.")
+    function = _float_function(model)
+    try:
+        onnx_model, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=int(opset)
+        )
+    except Exception as error:  # tf2onnx raises many kinds
+        raise RuntimeError(f"ONNX conversion of {path} failed: {error}") from error
+    onnx_model.graph.output[0].name = _rename_output(onnx_model, "outputs")
+    onnx.helper.set_model_props(
+        onnx_model,
+        {"class_names": json.dumps(list(class_names)), "output_kind": model_output_kind(model)},
+    )
+    onnx.save(onnx_model, path)
+    return path
+
+
+def _rename_output(onnx_model, new_name):
+    # tf2onnx names the output after the TF tensor ("Identity:0"); give it a readable name.
+    old_name = onnx_model.graph.output[0].name
+    for node in onnx_model.graph.node:
+        node.output[:] = [new_name if name == old_name else name for name in node.output]
+        node.input[:] = [new_name if name == old_name else name for name in node.input]
+    return new_name
+
+
+def write_sample_images(images, labels, class_names, directory):
+    """Writes uint8 (N, H, W, C) images as ``<directory>/<class>_<i>.png`` files.
+
+    Returns:
+        The list of paths written.
+    """
+    import tensorflow as tf
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        path = os.path.join(directory, f"{class_names[int(label)]}_{index}.png")
+        tf.io.write_file(path, tf.io.encode_png(np.asarray(image, dtype="uint8")))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- verification
+def run_artifact(path, images, kind=None):
+    """Runs an artifact's float entry point in its own runtime.
+
+    Args:
+        path: a SavedModel folder, ``.tflite`` or ``.onnx`` file.
+        images: (B, H, W, C) float32 in [-1, 1].
+        kind: ``"savedmodel"``, ``"tflite"`` or ``"onnx"``; from the path when None.
+
+    Returns:
+        (B, K) float32 raw outputs (dequantized for int8 TFLite).
+    """
+    from keras_vit.predict import load_artifact
+
+    return load_artifact(path, kind=kind).run(np.asarray(images, dtype="float32"))
+
+
+def parity(reference, outputs, labels=None):
+    """Agreement figures of an artifact's outputs with the Keras model's.
+
+    Returns:
+        A dict: ``max_abs_diff``, ``top1_agreement``, ``num_images``, and with labels
+        ``accuracy`` and ``keras_accuracy``.
+    """
+    reference = np.asarray(reference, dtype="float64")
+    outputs = np.asarray(outputs, dtype="float64")
+    figures = {
+        "num_images": int(len(reference)),
+        "max_abs_diff": float(np.max(np.abs(outputs - reference))),
+        "top1_agreement": float(np.mean(outputs.argmax(-1) == reference.argmax(-1))),
+    }
+    if labels is not None:
+        figures["accuracy"] = float(np.mean(outputs.argmax(-1) == labels))
+        figures["keras_accuracy"] = float(np.mean(reference.argmax(-1) == labels))
+    return figures
+
+
+def check_parity(figures, precision, reference_scale, tolerances=None):
+    """The reason an artifact fails its tolerance, or None when it passes.
+
+    Float artifacts: ``max_abs_diff <= tolerance * max(1, reference_scale)``, where the
+    scale is the largest absolute Keras output (float16 rounding is relative). int8
+    artifacts: top-1 agreement and, with labels, the accuracy drop.
+    """
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    if precision in ("float32", "float16"):
+        limit = tolerances[precision] * max(1.0, float(reference_scale))
+        if not figures["max_abs_diff"] <= limit:
+            return f"max abs difference from Keras {figures['max_abs_diff']:.3g} exceeds {limit:.3g}"
+        return None
+    if figures["top1_agreement"] < tolerances["int8_min_top1_agreement"]:
+        return (
+            f"top-1 agreement with Keras {figures['top1_agreement']:.2%} is below "
+            f"{tolerances['int8_min_top1_agreement']:.0%}"
+        )
+    if "accuracy" in figures:
+        drop = figures["keras_accuracy"] - figures["accuracy"]
+        if drop > tolerances["int8_max_accuracy_drop"]:
+            return f"accuracy {figures['accuracy']:.2%} is {drop:.2%} below Keras's {figures['keras_accuracy']:.2%}"
+    return None
+
+
+def _bytes_signature_parity(directory, model, images, output_kind):
+    """Top-1 agreement of the bytes signature with Keras on the same decoded images."""
+    import tensorflow as tf
+
+    pixels = np.round((np.asarray(images) + 1.0) * 127.5).clip(0, 255).astype("uint8")
+    encoded = tf.constant([tf.io.encode_png(image).numpy() for image in pixels])
+    decoded = scale_images(pixels)
+    keras_top1 = np.asarray(model(decoded, training=False)).argmax(-1)
+    result = tf.saved_model.load(directory).signatures[BYTES_SIGNATURE](images=encoded)
+    top1 = result["top_k_ids"].numpy()[:, 0]
+    return {"num_images": int(len(pixels)), "top1_agreement": float(np.mean(top1 == keras_top1))}
+
+
+# --------------------------------------------------------------------------- export
+def _check_precisions(precisions):
+    unknown = [p for p in precisions if p not in TFLITE_PRECISIONS]
+    if unknown:
+        raise ValueError(f"Unknown TFLite precision(s) {unknown}; expected some of {list(TFLITE_PRECISIONS)}.")
+
+
+def parse_formats(formats):
+    """``"all"``, ``"tflite"``, ``"savedmodel,onnx"`` or a list -> a tuple of formats."""
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = list(formats)
+    if "all" in formats:
+        return FORMATS
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"Unknown export format(s) {unknown or formats}; expected 'all' or some of {list(FORMATS)}.")
+    return tuple(f for f in FORMATS if f in formats)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                file_path = os.path.join(root, name)
+                digest.update(os.path.relpath(file_path, path).encode())
+                with open(file_path, "rb") as file:
+                    for chunk in iter(lambda: file.read(1 << 20), b""):
+                        digest.update(chunk)
+    else:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path)
+
+
+def export_model(
+    model,
+    output_dir=None,
+    formats="all",
+    tflite_precisions=TFLITE_PRECISIONS,
+    class_names=None,
+    images_dir=None,
+    data=None,
+    top_k=DEFAULT_TOP_K,
+    opset=DEFAULT_OPSET,
+    tolerances=None,
+    overwrite=False,
+    progress=True,
+):
+    """Exports a model to SavedModel / TFLite / ONNX, verifies each and writes the manifest.
+
+    Args:
+        model: a Keras model, a ``.keras`` file or a run folder (``saved_models/<run>``).
+        output_dir: where the artifacts go; ``<folder of the .keras file>/export`` when
+            None (required when ``model`` is a model object).
+        formats: ``"all"`` or some of ``"savedmodel"``, ``"tflite"``, ``"onnx"`` (a list or
+            a comma-separated string).
+        tflite_precisions: TFLite precisions to write (``TFLITE_PRECISIONS``).
+        class_names: None (the run's ``config.json`` ``class_names``, else ``"0"``..),
+            a list, a comma-separated string or a file with one name per line.
+        images_dir: folder of images for int8 calibration and verification (see
+            :func:`export_data`); None uses embedded MNIST for 28x28x1 models.
+        data: a dict as returned by :func:`export_data`, overriding ``images_dir``.
+        top_k: k of the SavedModel bytes signature's top-k outputs.
+        opset: ONNX opset (>= 17).
+        tolerances: overrides of ``DEFAULT_TOLERANCES``.
+        overwrite: replace artifacts that already exist in ``output_dir``; otherwise an
+            existing one is an error, raised before anything is written.
+        progress: show a progress bar over the artifacts.
+
+    Returns:
+        The manifest (also written to ``output_dir/manifest.json``): ``artifacts``, one
+        entry per artifact with ``format``, ``precision``, ``file``, ``size_bytes``,
+        ``sha256``, ``input``, ``outputs`` and ``parity``.
+
+    Raises:
+        ValueError: bad formats, precisions, class names, missing calibration data, or an
+            artifact that exists already while ``overwrite`` is false.
+        RuntimeError: a conversion failed or an artifact is outside its tolerance; the
+            message names each such artifact (the manifest is written first).
+    """
+    import keras
+    import tensorflow as tf
+
+    formats = parse_formats(formats)
+    precisions = [p.strip() for p in tflite_precisions.split(",")] if isinstance(tflite_precisions, str) else list(tflite_precisions)
+    _check_precisions(precisions)
+    if "tflite" not in formats:
+        precisions = []
+    model_path = None
+    if not isinstance(model, keras.Model):
+        model_path = resolve_model_path(model)
+        if class_names is None:
+            class_names = run_class_names(model_path)
+        if output_dir is None:
+            output_dir = default_export_dir(model_path)
+        model = load_keras_model(model_path)
+    elif output_dir is None:
+        raise ValueError("output_dir is required when exporting a model object (not a .keras file).")
+    height, width, channels = model_input_spec(model)
+    output_kind = model_output_kind(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    class_names = parse_class_names(class_names, num_classes)
+    if data is None:
+        data = export_data(model, images_dir)
+    if "int8" in precisions and data.get("calibration") is None:
+        raise ValueError(
+            f"Full-integer int8 needs calibration images from the training data, and a "
+            f"{height}x{width}x{channels} model has no built-in dataset: pass --images DIR "
+            f"(images_dir=...) or leave int8 out of the precisions ({list(TFLITE_PRECISIONS)})."
+        )
+
+    planned = []  # (format, precision, file name)
+    if "savedmodel" in formats:
+        planned.append(("savedmodel", "float32", SAVEDMODEL_DIRNAME))
+    planned += [("tflite", precision, tflite_filename(precision)) for precision in precisions]
+    if "onnx" in formats:
+        planned.append(("onnx", "float32", ONNX_FILENAME))
+    extras = [LABELS_FILENAME, MANIFEST_FILENAME] + ([SAMPLES_DIRNAME] if data.get("samples") is not None else [])
+    existing = [name for name in [p[2] for p in planned] + extras if os.path.exists(os.path.join(output_dir, name))]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{output_dir} already holds {existing}; pass overwrite=True (--overwrite) to replace "
+            f"them or choose another output folder (--output DIR)."
+        )
+    os.makedirs(output_dir, exist_ok=True)
+
+    verification = np.asarray(data["verification"], dtype="float32")
+    labels = data.get("verification_labels")
+    reference = np.asarray(model.predict(verification, batch_size=64, verbose=0), dtype="float32")
+    reference_scale = float(np.max(np.abs(reference)))
+    input_spec = {"name": "images", "shape": [None, height, width, channels], "dtype": "float32", "range": [-1.0, 1.0]}
+
+    artifacts, failures = [], []
+    steps = keras.utils.Progbar(len(planned), unit_name="artifact") if progress else None
+    with tempfile.TemporaryDirectory() as scratch:
+        float_savedmodel = None
+        for fmt, precision, name in planned:
+            path = os.path.join(output_dir, name)
+            entry = {"format": fmt, "precision": precision, "file": name, "input": input_spec}
+            try:
+                if os.path.exists(path):  # only reached with overwrite=True
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                if fmt == "savedmodel":
+                    export_savedmodel(model, path, class_names, top_k)
+                    entry["signatures"] = {
+                        BYTES_SIGNATURE: {
+                            "input": {"name": "images", "shape": [None], "dtype": "string", "content": "encoded JPEG/PNG/BMP/GIF, any size"},
+                            "outputs": ["probabilities", "top_k_ids", "top_k_probabilities", "top_k_names"],
+                        },
+                        FLOAT_SIGNATURE: {"input": input_spec, "outputs": ["outputs", "probabilities"]},
+                    }
+                elif fmt == "tflite":
+                    if float_savedmodel is None:
+                        float_savedmodel = _float_savedmodel(model, os.path.join(scratch, "float_saved_model"))
+                    export_tflite(model, path, precision, data.get("calibration"), float_savedmodel)
+                    entry["ops"] = tflite_ops(path)
+                    if precision == "int8":
+                        entry["input"] = dict(input_spec, dtype="int8", quantized_from="float32 in [-1, 1]")
+                    entry["labels"] = LABELS_FILENAME
+                else:
+                    export_onnx(model, path, class_names, opset)
+                    entry["opset"] = int(opset)
+                entry["outputs"] = {"name": "outputs", "kind": output_kind, "shape": [None, num_classes]}
+                figures = parity(reference, run_artifact(path, verification, kind=fmt), labels)
+                if fmt == "savedmodel":
+                    figures["bytes_signature"] = _bytes_signature_parity(path, model, verification[:64], output_kind)
+                entry["parity"] = figures
+                tolerance_kind = precision if precision in ("float32", "float16") else "int8"
+                problem = check_parity(figures, tolerance_kind, reference_scale, tolerances)
+                bytes_figures = figures.get("bytes_signature")
+                if problem is None and bytes_figures and bytes_figures["top1_agreement"] < 1.0:
+                    problem = f"bytes signature top-1 agrees with Keras on {bytes_figures['top1_agreement']:.2%} only"
+            except (RuntimeError, ValueError, tf.errors.OpError) as error:
+                problem = str(error)
+            entry["verified"] = problem is None
+            if problem is not None:
+                entry["error"] = problem
+                failures.append(f"{name}: {problem}")
+            if os.path.exists(path):
+                entry["size_bytes"] = _size(path)
+                entry["sha256"] = _sha256(path)
+            artifacts.append(entry)
+            if steps is not None:
+                steps.add(1)
+
+    with open(os.path.join(output_dir, LABELS_FILENAME), "w") as file:
+        file.write("\n".join(class_names) + "\n")
+    samples = []
+    if data.get("samples") is not None:
+        samples_dir = os.path.join(output_dir, SAMPLES_DIRNAME)
+        if os.path.isdir(samples_dir):
+            shutil.rmtree(samples_dir)
+        paths = write_sample_images(data["samples"], data["sample_labels"], class_names, samples_dir)
+        samples = [os.path.relpath(p, output_dir) for p in paths]
+    from keras_vit import __version__
+
+    manifest = {
+        "keras_vit_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "source_model": os.path.abspath(model_path) if model_path else model.name,
+        "export_dir": os.path.abspath(output_dir),
+        "image_size": [height, width],
+        "channels": channels,
+        "preprocessing": "decode, resize (bilinear) to image_size, scale x / 127.5 - 1 to [-1, 1]",
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "output_kind": output_kind,
+        "labels_file": LABELS_FILENAME,
+        "verification_data": data.get("source"),
+        "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})},
+        "keras_max_abs_output": reference_scale,
+        "artifacts": artifacts,
+        "samples": samples,
+    }
+    with open(os.path.join(output_dir, MANIFEST_FILENAME), "w") as file:
+        json.dump(manifest, file, indent=2)
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} artifact(s) failed verification (details in "
+            f"{os.path.join(output_dir, MANIFEST_FILENAME)}): " + "; ".join(failures)
+        )
+    return manifest
+
+
+def format_manifest(manifest):
+    """A Markdown table of a manifest's artifacts: size, parity figures, verification."""
+    rows = [["file", "format", "precision", "size (KiB)", "max abs diff", "top-1 agreement", "accuracy", "verified"]]
+    for entry in manifest["artifacts"]:
+        figures = entry.get("parity", {})
+        accuracy = figures.get("accuracy")
+        rows.append(
+            [
+                entry["file"],
+                entry["format"],
+                entry["precision"],
+                f"{entry['size_bytes'] / 1024:,.0f}" if "size_bytes" in entry else "-",
+                f"{figures['max_abs_diff']:.2e}" if "max_abs_diff" in figures else "-",
+                f"{figures['top1_agreement']:.2%}" if "top1_agreement" in figures else "-",
+                "-" if accuracy is None else f"{accuracy:.2%} (Keras {figures['keras_accuracy']:.2%})",
+                "yes" if entry.get("verified") else "NO",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
+    lines.append(f"\nArtifacts in {manifest['export_dir']}; verified on {manifest['verification_data']}.")
+    return "\n".join(lines)

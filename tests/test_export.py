@@ -1,0 +1,321 @@
+"""keras_vit.export: every artifact checked in its own runtime against the Keras model.
+
+A tiny ViT trained on the embedded MNIST digits (session fixture, ~40 s) is exported once
+to all formats; the tests then load each artifact themselves (tf.saved_model, the
+ai-edge-litert Interpreter, onnxruntime) rather than trusting the manifest.
+"""
+
+import hashlib
+import json
+import os
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+import keras_vit
+from keras_vit import export
+from keras_vit.checkpoints import from_npz
+from keras_vit.cli import main
+from keras_vit.data import load_embedded_mnist
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _train_mnist_model():
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), _ = load_embedded_mnist()
+    model = keras_vit.ViT(
+        "Ti/16", num_classes=10, image_size=28, channels=1, patch_size=7, hidden_size=48, num_layers=2, num_heads=4, mlp_dim=96
+    )
+    epochs, batch_size = 14, 64
+    steps = epochs * len(x_train) // batch_size
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=4e-3, warmup_steps=steps // 10)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(export.scale_images(x_train[..., None]), y_train, batch_size=batch_size, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory):
+    """A run folder saved_models/mnist/ (model.keras + config.json) and its full export."""
+    run = tmp_path_factory.mktemp("saved_models") / "mnist"
+    run.mkdir()
+    model = _train_mnist_model()
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"class_names": CLASS_NAMES}))
+    manifest = export.export_model(str(run), progress=False)
+    return run, model, manifest
+
+
+@pytest.fixture(scope="session")
+def mnist_validation():
+    _, (x_val, y_val) = load_embedded_mnist()
+    return export.scale_images(x_val[..., None]), y_val.astype("int64")
+
+
+def _entry(manifest, name):
+    return next(entry for entry in manifest["artifacts"] if entry["file"] == name)
+
+
+def _run_tflite(path, images):
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(details["index"], images.shape)
+    interpreter.allocate_tensors()
+    details, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    if details["dtype"] == np.int8:
+        scale, zero_point = details["quantization"]
+        images = np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
+    interpreter.set_tensor(details["index"], images)
+    interpreter.invoke()
+    result = interpreter.get_tensor(output["index"])
+    if output["dtype"] == np.int8:
+        scale, zero_point = output["quantization"]
+        result = (result.astype("float32") - zero_point) * scale
+    return result
+
+
+def _keras(model, images):
+    return np.asarray(model.predict(images, batch_size=250, verbose=0))
+
+
+# --------------------------------------------------------------------------- trained MNIST
+def test_export_writes_every_artifact_into_the_run_export_folder(mnist_run):
+    run, _, manifest = mnist_run
+    export_dir = run / "export"
+    names = {entry["file"] for entry in manifest["artifacts"]}
+    assert names == {
+        "saved_model",
+        "model_float32.tflite",
+        "model_float16.tflite",
+        "model_dynamic_int8.tflite",
+        "model_int8.tflite",
+        "model.onnx",
+    }
+    assert json.loads((export_dir / "manifest.json").read_text()) == manifest
+    assert (export_dir / "labels.txt").read_text().split() == CLASS_NAMES
+    for entry in manifest["artifacts"]:
+        assert entry["verified"], entry
+        assert entry["input"]["shape"] == [None, 28, 28, 1]
+        path = export_dir / entry["file"]
+        if path.is_file():
+            assert entry["size_bytes"] == path.stat().st_size
+            assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _entry(manifest, "model_int8.tflite")["input"]["dtype"] == "int8"
+
+
+def test_export_writes_sample_digits_that_match_their_names(mnist_run):
+    run, _, manifest = mnist_run
+    _, (x_val, _) = load_embedded_mnist()
+    assert len(manifest["samples"]) == 10
+    for index, relative in enumerate(manifest["samples"]):
+        assert os.path.basename(relative) == f"{CLASS_NAMES[index]}_{index}.png"
+        pixels = tf.io.decode_png(tf.io.read_file(str(run / "export" / relative))).numpy()
+        assert pixels.shape == (28, 28, 1)
+        assert any(np.array_equal(pixels[..., 0], image) for image in x_val)
+
+
+def test_savedmodel_float_signature_matches_keras(mnist_run, mnist_validation):
+    run, model, _ = mnist_run
+    images = mnist_validation[0][:200]
+    loaded = tf.saved_model.load(str(run / "export" / "saved_model"))
+    result = loaded.signatures["serving_images"](images=tf.constant(images))
+    reference = _keras(model, images)
+    assert np.max(np.abs(result["outputs"].numpy() - reference)) <= 1e-4
+    np.testing.assert_allclose(result["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+
+
+def test_savedmodel_bytes_signature_gives_keras_top1_on_the_same_decoded_image(mnist_run, mnist_validation, tmp_path):
+    run, model, _ = mnist_run
+    _, (x_val, _) = load_embedded_mnist()
+    digits = x_val[:40:4]
+    # Encoded PNGs at the model's size, and RGB JPEGs at 56x56 that the signature must
+    # convert to grayscale and resize.
+    encoded = [tf.io.encode_png(image[..., None]).numpy() for image in digits]
+    large = tf.image.resize(np.repeat(digits[..., None], 3, axis=-1).astype("float32"), (56, 56))
+    large = tf.cast(tf.round(large), tf.uint8).numpy()
+    encoded += [tf.io.encode_jpeg(image).numpy() for image in large]
+    decoded = np.stack([export.decode_and_resize(tf.constant(data), (28, 28), 1).numpy() for data in encoded])
+    loaded = tf.saved_model.load(str(run / "export" / "saved_model"))
+    result = loaded.signatures["serving_default"](images=tf.constant(encoded))
+    keras_top1 = _keras(model, decoded).argmax(-1)
+    np.testing.assert_array_equal(result["top_k_ids"].numpy()[:, 0], keras_top1)
+    assert result["top_k_ids"].shape == (20, 5)
+    names = result["top_k_names"].numpy()[:, 0].astype(str)
+    assert list(names) == [CLASS_NAMES[i] for i in keras_top1]
+    np.testing.assert_allclose(result["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-4), ("float16", 1e-2)])
+def test_float_tflite_matches_keras(mnist_run, mnist_validation, precision, tolerance):
+    run, model, _ = mnist_run
+    images = mnist_validation[0][:200]
+    outputs = _run_tflite(run / "export" / f"model_{precision}.tflite", images)
+    reference = _keras(model, images)
+    # float16 stores the weights rounded to 11 significant bits: the error is relative to
+    # the logits' scale, which is about 10 for this model.
+    scale = max(1.0, float(np.max(np.abs(reference)))) if precision == "float16" else 1.0
+    assert np.max(np.abs(outputs - reference)) <= tolerance * scale
+    if precision == "float16":
+        assert np.max(np.abs(tf.nn.softmax(outputs).numpy() - tf.nn.softmax(reference).numpy())) <= 1e-2
+    np.testing.assert_array_equal(outputs.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.parametrize("precision", ["dynamic_int8", "int8"])
+def test_int8_tflite_agrees_with_the_float_model(mnist_run, mnist_validation, precision):
+    run, model, _ = mnist_run
+    images, labels = mnist_validation
+    predicted = _run_tflite(run / "export" / f"model_{precision}.tflite", images).argmax(-1)
+    reference = _keras(model, images).argmax(-1)
+    float_accuracy = np.mean(reference == labels)
+    assert float_accuracy >= 0.9  # else top-1 agreement would say little
+    assert np.mean(predicted == reference) >= 0.99
+    assert abs(np.mean(predicted == labels) - float_accuracy) <= 0.01
+
+
+def test_full_integer_tflite_has_int8_input_and_output(mnist_run):
+    run, _, _ = mnist_run
+    interpreter = Interpreter(model_path=str(run / "export" / "model_int8.tflite"))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    assert interpreter.get_input_details()[0]["quantization"][0] > 0
+
+
+def test_no_tflite_file_uses_flex_or_custom_ops(mnist_run):
+    run, _, manifest = mnist_run
+    tflite_files = sorted((run / "export").glob("*.tflite"))
+    assert len(tflite_files) == 4
+    for path in tflite_files:
+        interpreter = Interpreter(
+            model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        ops = {op["op_name"] for op in interpreter._get_ops_details()}
+        assert {"BATCH_MATMUL", "SOFTMAX", "GELU"} <= ops, (path.name, ops)
+        assert all(name.isupper() and not name.upper().startswith("FLEX") for name in ops), (path.name, ops)
+        assert sorted(ops) == _entry(manifest, path.name)["ops"]
+
+
+def test_onnx_matches_keras_with_a_dynamic_batch(mnist_run, mnist_validation):
+    run, model, manifest = mnist_run
+    path = run / "export" / "model.onnx"
+    proto = onnx.load(str(path))
+    assert max(opset.version for opset in proto.opset_import if opset.domain in ("", "ai.onnx")) >= 17
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [28, 28, 1]
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic batch dimension
+    assert json.loads(session.get_modelmeta().custom_metadata_map["class_names"]) == CLASS_NAMES
+    for batch in (1, 7, 200):
+        images = mnist_validation[0][:batch]
+        outputs = session.run(None, {session.get_inputs()[0].name: images})[0]
+        assert outputs.shape == (batch, 10)
+        assert np.max(np.abs(outputs - _keras(model, images))) <= 1e-4
+    assert _entry(manifest, "model.onnx")["opset"] == 17
+
+
+def test_manifest_records_the_parity_measured_at_export(mnist_run, mnist_validation):
+    _, _, manifest = mnist_run
+    float32 = _entry(manifest, "model_float32.tflite")["parity"]
+    assert float32["num_images"] == 1000
+    assert float32["max_abs_diff"] <= 1e-4 and float32["top1_agreement"] == 1.0
+    int8 = _entry(manifest, "model_int8.tflite")["parity"]
+    assert int8["top1_agreement"] >= 0.99
+    assert int8["keras_accuracy"] >= 0.9
+    assert _entry(manifest, "saved_model")["parity"]["bytes_signature"]["top1_agreement"] == 1.0
+
+
+# --------------------------------------------------------------------------- reference models
+@pytest.mark.parametrize("case", ["vit_token", "vit_hybrid"])
+def test_reference_checkpoints_export_within_1e4(case, tmp_path):
+    model = from_npz(os.path.join(DATA, f"{case}.npz"))
+    expected = np.load(os.path.join(DATA, f"{case}.expected.npz"))
+    images = expected["images"]
+    data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference images")
+    manifest = export.export_model(
+        model, tmp_path, formats="all", tflite_precisions=["float32"], data=data, progress=False
+    )
+    reference = expected["logits"]
+    assert np.max(np.abs(_keras(model, images) - reference)) <= 1e-4
+    saved = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_images"]
+    outputs = {
+        "saved_model": saved(images=tf.constant(images))["outputs"].numpy(),
+        "model_float32.tflite": _run_tflite(tmp_path / "model_float32.tflite", images),
+        "model.onnx": onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"images": images}
+        )[0],
+    }
+    for name, result in outputs.items():
+        assert np.max(np.abs(result - reference)) <= 1e-4, name
+        assert _entry(manifest, name)["verified"]
+    assert (tmp_path / "labels.txt").read_text().split() == [str(i) for i in range(reference.shape[-1])]
+
+
+# --------------------------------------------------------------------------- errors
+def test_existing_artifacts_are_not_overwritten(mnist_run, tmp_path):
+    run, _, _ = mnist_run
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "model.onnx").write_bytes(b"the user's file")
+    with pytest.raises(ValueError, match=r"already holds \['model.onnx'\].*--overwrite"):
+        export.export_model(str(run / "model.keras"), output_dir=str(output), formats="onnx", progress=False)
+    assert (output / "model.onnx").read_bytes() == b"the user's file"
+    assert sorted(p.name for p in output.iterdir()) == ["model.onnx"]
+
+
+def test_bad_arguments_are_refused_with_what_is_accepted(mnist_run, tmp_path):
+    run, _, _ = mnist_run
+    model_path = str(run / "model.keras")
+    with pytest.raises(ValueError, match=r"Unknown export format\(s\) \['pb'\].*'savedmodel', 'tflite', 'onnx'"):
+        export.export_model(model_path, output_dir=str(tmp_path), formats="pb")
+    with pytest.raises(ValueError, match=r"Unknown TFLite precision\(s\) \['int4'\]"):
+        export.export_model(model_path, output_dir=str(tmp_path), formats="tflite", tflite_precisions="int4")
+    with pytest.raises(ValueError, match="10 classes but 'a,b' gives 2 class names"):
+        export.export_model(model_path, output_dir=str(tmp_path), class_names="a,b")
+    with pytest.raises(ValueError, match="opset must be at least 17; got 13"):
+        export.export_onnx(keras_vit.ViT("Ti/16", image_size=32, patch_size=16, hidden_size=32, num_layers=1,
+                                          num_heads=2, mlp_dim=32, num_classes=3), str(tmp_path / "m.onnx"), "abc", opset=13)
+    with pytest.raises(FileNotFoundError, match="holds no model.keras"):
+        export.export_model(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_without_calibration_data_is_refused_before_any_work(tmp_path):
+    model = from_npz(os.path.join(DATA, "vit_token.npz"))
+    with pytest.raises(ValueError, match=r"int8 needs calibration images.*32x32x3.*--images DIR"):
+        export.export_model(model, tmp_path, formats="tflite", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_artifact_outside_its_tolerance_fails_by_name(tmp_path):
+    model = from_npz(os.path.join(DATA, "vit_token.npz"))
+    images = np.load(os.path.join(DATA, "vit_token.expected.npz"))["images"]
+    data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference")
+    with pytest.raises(RuntimeError, match=r"model_float16.tflite: max abs difference from Keras [0-9.e-]+ exceeds [0-9.e-]+$"):
+        export.export_model(
+            model, tmp_path, formats="tflite", tflite_precisions="float32,float16", data=data,
+            tolerances={"float16": 1e-9}, progress=False,
+        )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [entry["verified"] for entry in manifest["artifacts"]] == [True, False]
+    assert "exceeds" in manifest["artifacts"][1]["error"]
+
+
+def test_cli_export_tflite_to_an_output_folder(mnist_run, tmp_path, capsys):
+    run, _, _ = mnist_run
+    status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])
+    assert status == 0
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
+        "labels.txt", "manifest.json", "model_float32.tflite", "samples"
+    ]
+    assert "| model_float32.tflite | tflite | float32" in capsys.readouterr().out
+    status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])
+    assert status == 2
+    assert "keras-vit export: error:" in capsys.readouterr().err
