@@ -35,3 +35,4 @@ from keras_vit.visualize import (
     position_embedding_similarity,
     upsample_heatmap,
 )
+from keras_vit.training import TrainConfig, evaluate, train

@@ -67,6 +67,167 @@ def _cell(value):
     return str(value)
 
 
+# --------------------------------------------------------------------------- train / evaluate
+_TRAIN_FLAG_HELP = {
+    "dataset": "'mnist' (the embedded digits, default) or a TFDS name such as cifar10",
+    "image_folder": "train on a folder with one sub-folder of JPEG/PNG images per class",
+    "validation_folder": "validation folder laid out like --image-folder",
+    "validation_fraction": "share of each class held out without a validation folder (0.1)",
+    "data_dir": "TFDS data directory",
+    "download": "let TFDS download a dataset missing from --data-dir (off: nothing is fetched)",
+    "train_split": "TFDS training split (train)",
+    "validation_split": "TFDS validation split (validation, else test)",
+    "crop": "training crop: inception | translate | none (translate for digits)",
+    "flip": "random horizontal flips (off for digits)",
+    "eval_crop_fraction": "evaluation centre-crop fraction (1.0: resize only)",
+    "randaugment": "RandAugment as [num_ops, magnitude], e.g. '[2, 0.5]'",
+    "mixup": "MixUp alpha",
+    "cutmix": "CutMix factor",
+    "variant": "ViT variant, e.g. Ti/16, B/16, R50+B/16 (default: the small MNIST ViT)",
+    "weights": "start from a checkpoint (.npz path or published name); head zero-initialised",
+    "recipe": "scratch (AdamW) | finetune (SGD momentum 0.9, paper appendix B.1.1)",
+    "batch_size": "images per replica and step",
+    "total_batch_size": "images per optimizer update, reached by gradient accumulation",
+    "strategy": "auto | default | mirrored | multiworker | tpu",
+    "precision": "auto | float32 | mixed_float16 | mixed_bfloat16",
+    "jit_compile": "auto (on for GPU/TPU, off on CPU) | on | off",
+    "run_name": "run folder name under saved_models/",
+    "output": "run folder path (overrides --run-name)",
+}
+
+
+def _flag_value(text):
+    """A flag's text as the value a YAML file would give (numbers, null, lists), else a string."""
+    import yaml
+
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, (bool, list)) else text
+
+
+def _add_train(subparsers):
+    from keras_vit.training import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a ViT (default: the small ViT on the embedded MNIST digits)",
+        description="Trains a ViT with model.fit and writes one run folder (saved_models/<run-name>/ or "
+        "--output): model.keras, config.json, history.csv, training_curves.png, metrics.json, TensorBoard "
+        "logs. Flags override the --config file. A killed run resumes when the same command is given again.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of configuration fields")
+    defaults = TrainConfig()
+    for field in TrainConfig.field_names():
+        flag = "--" + field.replace("_", "-")
+        help_text = _TRAIN_FLAG_HELP.get(field, field.replace("_", " "))
+        help_text += "" if getattr(defaults, field) is None else f" (default {getattr(defaults, field)})"
+        if isinstance(getattr(defaults, field), bool) or field == "flip":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=_flag_value, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+    parser.add_argument("--resume", action="store_true", help="continue the unfinished run in the run folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args):
+    from keras_vit.training import TrainConfig, load_config_file, train
+
+    config = load_config_file(args.config) if args.config else TrainConfig()
+    overrides = {field: getattr(args, field) for field in TrainConfig.field_names() if hasattr(args, field)}
+    config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    metrics = train(config, resume=args.resume, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
+    if metrics.get("chief") is False:
+        print(f"Worker done; the chief writes the run folder {metrics['run_dir']}.")
+        return
+    print(
+        f"Held-out accuracy {metrics['val_accuracy']:.4f} after {metrics['epochs']} epochs, "
+        f"{metrics['train_seconds']:.0f} s of training ({metrics['images_per_second']} images/s). "
+        f"Run folder: {metrics['run_dir']}"
+    )
+
+
+def _add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="print the held-out accuracy of a run folder or .keras model",
+        description="Evaluates a trained model on its run's validation data (the embedded MNIST "
+        "validation digits for a bare .keras file unless a dataset is given).",
+    )
+    parser.add_argument("path", metavar="RUN_DIR_OR_MODEL", help="run folder or .keras file")
+    parser.add_argument("--dataset", help="TFDS name or 'mnist' instead of the run's data")
+    parser.add_argument("--image-folder", help="evaluate on this image folder (one sub-folder per class)")
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from keras_vit.training import TrainConfig, evaluate
+
+    config = None
+    if args.dataset or args.image_folder:
+        config = TrainConfig(
+            dataset=args.dataset or "mnist",
+            image_folder=args.image_folder,
+            validation_folder=args.image_folder,  # The whole folder is held-out data here.
+            data_dir=args.data_dir,
+        )
+    result = evaluate(args.path, config=config, batch_size=args.batch_size, verbose=0 if args.json else 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"Held-out accuracy: {result['accuracy']:.4f} on {result['examples']} images ({result['model']})")
+
+
+# --------------------------------------------------------------------------- visualize
+def _add_visualize(subparsers):
+    parser = subparsers.add_parser(
+        "visualize",
+        help="write attention and embedding figures (PNG) for a model and some images",
+        description="Writes PNG figures to --out: each image with its attention rollout overlaid, "
+        "a per-head attention grid for one block, the position-embedding similarity grid, the "
+        "principal components of the embedding filters, and mean attention distance against depth "
+        "(the paper's Fig. 7). Existing figures are kept unless --overwrite is given.",
+    )
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a .keras file, a run folder holding model.keras (saved_models/<run>) or an original .npz checkpoint",
+    )
+    parser.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="image files (PNG, JPEG), resized to the model's input size"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
+    parser.add_argument(
+        "--layer", type=int, default=-1, help="block drawn head by head; negative counts from the last (default -1)"
+    )
+    parser.add_argument(
+        "--filters", type=int, default=28, help="principal components of the embedding filters to draw (default 28)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace figures already in --out")
+    parser.set_defaults(handler=_run_visualize)
+
+
+def _run_visualize(args):
+    from keras_vit.visualize import save_figures
+
+    written = save_figures(
+        args.model, args.images, args.out, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
+    )
+    for path in written.values():
+        print(path)
+
+
 # --------------------------------------------------------------------------- inspect / convert
 def _add_inspect(subparsers):
     parser = subparsers.add_parser(
@@ -131,45 +292,6 @@ def _run_convert(args):
         f"{model.image_size[0]}x{model.image_size[1]}x{model.channels}, "
         + (f"{model.num_classes} classes" if model.include_top else "no head")
     )
-
-
-# --------------------------------------------------------------------------- visualize
-def _add_visualize(subparsers):
-    parser = subparsers.add_parser(
-        "visualize",
-        help="write attention and embedding figures (PNG) for a model and some images",
-        description="Writes PNG figures to --out: each image with its attention rollout overlaid, "
-        "a per-head attention grid for one block, the position-embedding similarity grid, the "
-        "principal components of the embedding filters, and mean attention distance against depth "
-        "(the paper's Fig. 7). Existing figures are kept unless --overwrite is given.",
-    )
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="a .keras file, a run folder holding model.keras (saved_models/<run>) or an original .npz checkpoint",
-    )
-    parser.add_argument(
-        "images", metavar="IMAGES", nargs="+", help="image files (PNG, JPEG), resized to the model's input size"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
-    parser.add_argument(
-        "--layer", type=int, default=-1, help="block drawn head by head; negative counts from the last (default -1)"
-    )
-    parser.add_argument(
-        "--filters", type=int, default=28, help="principal components of the embedding filters to draw (default 28)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace figures already in --out")
-    parser.set_defaults(handler=_run_visualize)
-
-
-def _run_visualize(args):
-    from keras_vit.visualize import save_figures
-
-    written = save_figures(
-        args.model, args.images, args.out, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
-    )
-    for path in written.values():
-        print(path)
 
 
 # --------------------------------------------------------------------------- export / predict
@@ -257,8 +379,50 @@ def _run_predict(args):
     return 1 if result["errors"] else 0
 
 
+# --------------------------------------------------------------------------- benchmark
+def _add_benchmark(subparsers):
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="measure images/s, FLOP rate against the machine's matmul rate, peak memory",
+        description="Measures inference and training-step throughput of keras_vit models, "
+        "the machine's matrix-multiply rate in the same dtype, the fraction achieved, peak "
+        "memory, and the JPEG input pipeline's rate. Each case runs in its own process. "
+        "With no --variant, runs the standard suite of docs/performance.md.",
+    )
+    parser.add_argument("--variant", action="append", help="model variant, e.g. B/16 (repeatable)")
+    parser.add_argument("--mode", default="inference,training", help="inference,training (comma list)")
+    parser.add_argument("--dtype", default="float32", help="dtype policies, e.g. float32,mixed_bfloat16")
+    parser.add_argument("--backend", default="tensorflow", help="keras backends, e.g. tensorflow,jax")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--jit-compile", action="store_true", help="compile the model with XLA")
+    parser.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
+    parser.set_defaults(handler=_run_benchmark)
+
+
+def _run_benchmark(args):
+    from keras_vit import benchmark
+
+    backends = args.backend.split(",")
+    if args.variant:
+        cases = benchmark.custom_suite(
+            args.variant, args.mode.split(","), args.dtype.split(","), backends,
+            image_size=args.image_size, batch=args.batch, jit_compile=args.jit_compile,
+        )
+    else:
+        cases = benchmark.standard_suite(backends)
+    results = benchmark.run_suite(cases)
+    machine = benchmark.machine_description()
+    print(f"machine: {machine}")
+    print(benchmark.format_results(results))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine, "results": results}, handle, indent=2)
+    return 1 if any("error" in r for r in results) else 0
+
+
 # --------------------------------------------------------------------------- main
-_COMMANDS = [_add_models, _add_inspect, _add_convert, _add_visualize, _add_export, _add_predict]
+_COMMANDS = [_add_models, _add_inspect, _add_convert, _add_benchmark, _add_train, _add_evaluate, _add_visualize, _add_export, _add_predict]
 
 
 def build_parser():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -28,3 +29,658 @@ def load_embedded_mnist():
         indices = np.flatnonzero(labels == digit)
         validation[indices[-MNIST_VALIDATION_PER_CLASS:]] = True
     return (images[~validation], labels[~validation]), (images[validation], labels[validation])
+
+
+# --------------------------------------------------------------------------- pipelines
+# Everything below builds tf.data pipelines; TensorFlow is imported lazily so that
+# ``load_embedded_mnist`` stays a NumPy-only function.
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CROPS = ("inception", "translate", "none")
+INCEPTION_CROP_AREA = (0.08, 1.0)  # The original's random-resized-crop area range.
+TRANSLATE_PAD_FRACTION = 0.1  # "translate" crop: shift by up to 10% of the side.
+
+
+@dataclasses.dataclass
+class Datasets:
+    """Training and validation pipelines with what the model needs to know about them.
+
+    Attributes:
+        train: ``tf.data.Dataset`` of ``(images, one_hot_labels)`` batches, shuffled,
+            augmented and repeated once per epoch (finite).
+        validation: ``tf.data.Dataset`` of ``(images, one_hot_labels)`` batches.
+        num_classes: number of classes.
+        class_names: list of class names, index = label.
+        train_examples: number of training images.
+        validation_examples: number of validation images.
+        skipped_files: paths of unreadable files left out (image folders only).
+    """
+
+    train: object
+    validation: object
+    num_classes: int
+    class_names: list
+    train_examples: int
+    validation_examples: int
+    skipped_files: list = dataclasses.field(default_factory=list)
+
+
+def _as_size(image_size):
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    if (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(v, int) and v > 0 for v in image_size)
+    ):
+        return tuple(image_size)
+    raise ValueError(f"image_size must be an int or (height, width) of positive ints; got {image_size!r}.")
+
+
+def _check_common(image_size, channels, crop, batch_size):
+    size = _as_size(image_size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels!r}.")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {list(CROPS)}; got {crop!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    return size
+
+
+def _match_channels(image, channels):
+    """uint8/float (H, W) or (H, W, C) image -> (H, W, channels)."""
+    import tensorflow as tf
+
+    if image.shape.rank == 2:
+        image = image[..., None]
+    have = image.shape[-1]
+    if have == 4:  # RGBA PNGs: drop alpha.
+        image = image[..., :3]
+        have = 3
+    if have == 1 and channels == 3:
+        image = tf.image.grayscale_to_rgb(image)
+    elif have == 3 and channels == 1:
+        image = tf.image.rgb_to_grayscale(image)
+    return image
+
+
+def _scale(image):
+    """[0, 255] -> [-1, 1] as in the original input pipeline."""
+    import tensorflow as tf
+
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def preprocess_for_train(image, *, image_size, channels=3, crop="inception", flip=True):
+    """Training preprocessing of one image, as the original: random crop, flip, [-1, 1].
+
+    Args:
+        image: uint8 tensor (H, W) or (H, W, C) with C in 1, 3, 4.
+        image_size: int or (height, width) of the output.
+        channels: 1 or 3; grayscale becomes RGB (and back) as needed.
+        crop: ``"inception"`` (random resized crop, area 8%-100%, aspect 3/4-4/3),
+            ``"translate"`` (pad by 10% and crop back, i.e. a random shift: for digits,
+            which a large crop would destroy), or ``"none"`` (resize only).
+        flip: random horizontal flip.
+
+    Returns:
+        float32 tensor (height, width, channels) in [-1, 1].
+    """
+    import tensorflow as tf
+
+    height, width = _as_size(image_size)
+    image = _match_channels(image, channels)
+    if crop == "inception":
+        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+            area_range=INCEPTION_CROP_AREA,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            min_object_covered=0.0,
+            use_image_if_no_bounding_boxes=True,
+        )
+        image = tf.slice(image, begin, crop_size)
+        image = tf.image.resize(image, (height, width), method="bilinear")
+    elif crop == "translate":
+        image = tf.image.resize(image, (height, width), method="bilinear")
+        pad_h, pad_w = max(1, round(height * TRANSLATE_PAD_FRACTION)), max(1, round(width * TRANSLATE_PAD_FRACTION))
+        # Black padding: the background of digits and the usual choice for CIFAR-style shifts.
+        image = tf.pad(image, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        image = tf.image.random_crop(image, (height, width, channels))
+    else:
+        image = tf.image.resize(image, (height, width), method="bilinear")
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return _scale(image)
+
+
+def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):
+    """Evaluation preprocessing of one image: resize (and centre-crop), scale to [-1, 1].
+
+    Args:
+        image: uint8 tensor (H, W) or (H, W, C) with C in 1, 3, 4.
+        image_size: int or (height, width) of the output.
+        channels: 1 or 3.
+        crop_fraction: 1.0 resizes the whole image; below 1 resizes to
+            ``image_size / crop_fraction`` and keeps the central ``image_size`` (the
+            "resize 256, crop 224" of ImageNet evaluation is 0.875).
+
+    Returns:
+        float32 tensor (height, width, channels) in [-1, 1].
+    """
+    import tensorflow as tf
+
+    height, width = _as_size(image_size)
+    image = _match_channels(image, channels)
+    if crop_fraction < 1.0:
+        outer = (round(height / crop_fraction), round(width / crop_fraction))
+        image = tf.image.resize(image, outer, method="bilinear")
+        top, left = (outer[0] - height) // 2, (outer[1] - width) // 2
+        image = image[top : top + height, left : left + width]
+    else:
+        image = tf.image.resize(image, (height, width), method="bilinear")
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return _scale(image)
+
+
+def _batch_augmenter(randaugment, mixup, cutmix, seed):
+    """Returns a function over batches ``(images in [-1, 1], one-hot labels)``, or None."""
+    import keras
+    import tensorflow as tf
+
+    steps = []
+    if randaugment:
+        num_ops, magnitude = randaugment
+        rand_augment = keras.layers.RandAugment(value_range=(-1.0, 1.0), num_ops=num_ops, factor=magnitude, seed=seed)
+        steps.append(lambda images, labels: (rand_augment(images, training=True), labels))
+    mixers = []
+    if mixup:
+        mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed))
+    if cutmix:
+        mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed))
+    if mixers:
+
+        def mix(images, labels):
+            if len(mixers) == 1:
+                return _mix(mixers[0], images, labels)
+            # DeiT: one of MixUp / CutMix per batch, with equal probability.
+            return tf.cond(
+                tf.random.uniform(()) < 0.5,
+                lambda: _mix(mixers[0], images, labels),
+                lambda: _mix(mixers[1], images, labels),
+            )
+
+        steps.append(mix)
+    if not steps:
+        return None
+
+    def augment(images, labels):
+        for step in steps:
+            images, labels = step(images, labels)
+        return images, labels
+
+    return augment
+
+
+def _mix(layer, images, labels):
+    import tensorflow as tf
+
+    mixed = layer({"images": images, "labels": labels}, training=True)
+    return tf.cast(mixed["images"], tf.float32), tf.cast(mixed["labels"], tf.float32)
+
+
+def _check_augmentation(randaugment, mixup, cutmix, crop_fraction):
+    if randaugment is not None:
+        if (
+            not isinstance(randaugment, (tuple, list))
+            or len(randaugment) != 2
+            or not isinstance(randaugment[0], int)
+            or randaugment[0] < 1
+            or not 0 < float(randaugment[1]) <= 1
+        ):
+            raise ValueError(
+                f"randaugment must be None or (num_ops >= 1, magnitude in (0, 1]), e.g. (2, 0.5); got {randaugment!r}."
+            )
+    for name, value in (("mixup", mixup), ("cutmix", cutmix)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} must be None or a positive float (the Beta distribution's alpha); got {value!r}.")
+    if not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
+        raise ValueError(f"eval_crop_fraction must be in (0, 1]; got {crop_fraction!r}.")
+
+
+def _build_pipelines(
+    train,
+    validation,
+    *,
+    num_classes,
+    image_size,
+    channels,
+    batch_size,
+    crop,
+    flip,
+    eval_crop_fraction,
+    randaugment,
+    mixup,
+    cutmix,
+    shuffle_buffer,
+    seed,
+    cache,
+):
+    """Turns datasets of ``(uint8 image, int label)`` into batched training/eval pipelines."""
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+
+    def one_hot(label):
+        return tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+
+    def train_map(image, label):
+        return preprocess_for_train(image, image_size=image_size, channels=channels, crop=crop, flip=flip), one_hot(label)
+
+    def eval_map(image, label):
+        image = preprocess_for_eval(image, image_size=image_size, channels=channels, crop_fraction=eval_crop_fraction)
+        return image, one_hot(label)
+
+    if cache:
+        train = train.cache()  # Decoded images; the random crops stay fresh every epoch.
+    train = train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # Full batches only: replicas and accumulated micro-batches then always see equal shares.
+    train = train.map(train_map, num_parallel_calls=autotune).batch(batch_size, drop_remainder=True)
+    augment = _batch_augmenter(randaugment, mixup, cutmix, seed)
+    if augment is not None:
+        train = train.map(augment, num_parallel_calls=autotune)
+    train = train.prefetch(autotune)
+
+    validation = validation.map(eval_map, num_parallel_calls=autotune)
+    if cache:
+        validation = validation.cache()
+    validation = validation.batch(batch_size).prefetch(autotune)
+    return train, validation
+
+
+def embedded_mnist(
+    batch_size=128,
+    *,
+    image_size=28,
+    channels=1,
+    crop="translate",
+    flip=False,
+    eval_crop_fraction=1.0,
+    randaugment=None,
+    mixup=None,
+    cutmix=None,
+    seed=None,
+):
+    """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
+
+    Args:
+        batch_size: images per batch (the global batch under a distribution strategy).
+        image_size: int or (height, width); digits are 28x28 and are resized otherwise.
+        channels: 1 keeps the digits grayscale, 3 repeats them as RGB.
+        crop: ``"translate"`` (default: random shifts; an inception crop would cut digits
+            apart), ``"inception"`` or ``"none"``.
+        flip: horizontal flips; off by default because a mirrored digit is another glyph.
+        eval_crop_fraction: see :func:`preprocess_for_eval`.
+        randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
+        mixup: None, or the alpha of ``keras.layers.MixUp``.
+        cutmix: None, or the factor of ``keras.layers.CutMix``.
+        seed: shuffling and augmentation seed.
+
+    Returns:
+        A :class:`Datasets`.
+
+    Raises:
+        ValueError: for an invalid argument, naming it.
+    """
+    import tensorflow as tf
+
+    size = _check_common(image_size, channels, crop, batch_size)
+    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
+    train, validation = _build_pipelines(
+        tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train)),
+        tf.data.Dataset.from_tensor_slices((x_val[..., None], y_val)),
+        num_classes=len(MNIST_CLASS_NAMES),
+        image_size=size,
+        channels=channels,
+        batch_size=batch_size,
+        crop=crop,
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment,
+        mixup=mixup,
+        cutmix=cutmix,
+        shuffle_buffer=len(x_train),
+        seed=seed,
+        cache=False,  # Already in memory.
+    )
+    return Datasets(train, validation, len(MNIST_CLASS_NAMES), list(MNIST_CLASS_NAMES), len(x_train), len(x_val))
+
+
+# --------------------------------------------------------------------------- image folders
+def _readable_image(path):
+    """None when ``path`` decodes as a JPEG or PNG image, else why it does not."""
+    import tensorflow as tf
+
+    try:
+        contents = tf.io.read_file(path)
+        if not (tf.io.is_jpeg(contents) or _is_png(contents.numpy())):
+            return "not a JPEG or PNG image"
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            return "empty image"
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+        return error.message.splitlines()[0] if error.message else type(error).__name__
+    return None
+
+
+def _is_png(contents):
+    return contents[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def scan_image_folder(directory, class_names=None, *, verbose=True):
+    """Lists the images of a folder with one sub-folder per class, checking each one.
+
+    Every file is decoded once; a corrupt or non-image file (anything but a decodable
+    JPEG or PNG) is left out and reported by name, so that training never fails on it
+    mid-epoch.
+
+    Args:
+        directory: folder holding one sub-folder per class (``cat/``, ``dog/``, ...).
+        class_names: expected class folders in label order (to keep the labels of a
+            training folder on a validation folder); default: the sorted sub-folders.
+        verbose: print the skipped files and a count to standard error.
+
+    Returns:
+        ``(paths, labels, class_names, skipped)``: lists of readable file paths and
+        their int labels, the class names, and ``(path, reason)`` for each skipped file.
+
+    Raises:
+        FileNotFoundError: if ``directory`` (or an expected class folder) does not exist.
+        ValueError: if there are no class folders or no readable image.
+    """
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
+    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    if class_names is None:
+        class_names = found
+        if not class_names:
+            raise ValueError(
+                f"Image folder {directory!r} has no sub-folders; expected one sub-folder per class "
+                f"(e.g. {directory}/cat/001.jpg, {directory}/dog/002.png)."
+            )
+    else:
+        missing = [name for name in class_names if name not in found]
+        if missing:
+            raise FileNotFoundError(f"Image folder {directory!r} lacks the class folders {missing}; it has {found}.")
+    candidates = []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(directory, name)
+        for root, _, files in sorted(os.walk(class_dir)):
+            candidates += [(os.path.join(root, f), label) for f in sorted(files) if not f.startswith(".")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = list(pool.map(lambda item: _readable_image(item[0]), candidates))
+    paths, labels, skipped = [], [], []
+    for (path, label), problem in zip(candidates, problems):
+        if problem is None:
+            paths.append(path)
+            labels.append(label)
+        else:
+            skipped.append((path, problem))
+    if verbose and skipped:
+        print(f"Skipped {len(skipped)} of {len(candidates)} files in {directory}:", file=sys.stderr)
+        for path, problem in skipped:
+            print(f"  {path}: {problem}", file=sys.stderr)
+    if not paths:
+        raise ValueError(f"Image folder {directory!r} holds no readable JPEG or PNG image ({len(skipped)} skipped).")
+    return paths, labels, list(class_names), skipped
+
+
+def _file_dataset(paths, labels):
+    import tensorflow as tf
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def image_folder(
+    directory,
+    batch_size=32,
+    *,
+    validation_directory=None,
+    validation_fraction=0.1,
+    image_size=224,
+    channels=3,
+    crop="inception",
+    flip=True,
+    eval_crop_fraction=1.0,
+    randaugment=None,
+    mixup=None,
+    cutmix=None,
+    seed=0,
+    cache=False,
+):
+    """Pipelines over folders of JPEG/PNG images, one sub-folder per class.
+
+    Args:
+        directory: training folder (``directory/<class>/<image>``).
+        batch_size: images per batch.
+        validation_directory: a folder laid out the same way for validation; without it
+            the last ``validation_fraction`` of each class (after a seeded shuffle) is held out.
+        validation_fraction: share of each class held out when there is no validation folder.
+        image_size, channels, crop, flip, eval_crop_fraction, randaugment, mixup, cutmix:
+            as :func:`embedded_mnist` (here the inception crop and flips are on by default).
+        seed: split, shuffling and augmentation seed.
+        cache: keep decoded images in memory after the first epoch.
+
+    Returns:
+        A :class:`Datasets`; ``skipped_files`` lists the unreadable files left out.
+
+    Raises:
+        FileNotFoundError: for a missing folder.
+        ValueError: for an invalid argument, or a folder without readable images.
+    """
+    size = _check_common(image_size, channels, crop, batch_size)
+    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    paths, labels, class_names, skipped = scan_image_folder(directory)
+    if validation_directory is not None:
+        val_paths, val_labels, _, val_skipped = scan_image_folder(validation_directory, class_names)
+        skipped += val_skipped
+    else:
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction!r}.")
+        rng = np.random.default_rng(seed)
+        labels_array = np.asarray(labels)
+        validation = np.zeros(len(paths), dtype=bool)
+        for label in range(len(class_names)):
+            indices = rng.permutation(np.flatnonzero(labels_array == label))
+            held_out = int(round(len(indices) * validation_fraction))
+            if len(indices) > 1:
+                held_out = min(max(held_out, 1), len(indices) - 1)
+            validation[indices[len(indices) - held_out :]] = True
+        val_paths = [p for p, v in zip(paths, validation) if v]
+        val_labels = [lab for lab, v in zip(labels, validation) if v]
+        paths = [p for p, v in zip(paths, validation) if not v]
+        labels = [lab for lab, v in zip(labels, validation) if not v]
+    if len(paths) < batch_size:
+        raise ValueError(
+            f"{directory!r} has {len(paths)} training images, fewer than one batch of {batch_size}; "
+            f"lower batch_size to at most {len(paths)}."
+        )
+    train, validation_ds = _build_pipelines(
+        _file_dataset(paths, labels),
+        _file_dataset(val_paths, val_labels),
+        num_classes=len(class_names),
+        image_size=size,
+        channels=channels,
+        batch_size=batch_size,
+        crop=crop,
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment,
+        mixup=mixup,
+        cutmix=cutmix,
+        shuffle_buffer=min(len(paths), 10_000),
+        seed=seed,
+        cache=cache,
+    )
+    return Datasets(
+        train, validation_ds, len(class_names), class_names, len(paths), len(val_paths), [p for p, _ in skipped]
+    )
+
+
+# --------------------------------------------------------------------------- TensorFlow Datasets
+def tfds_dataset(
+    name,
+    batch_size=32,
+    *,
+    data_dir=None,
+    download=False,
+    train_split="train",
+    validation_split=None,
+    image_size=224,
+    channels=3,
+    crop="inception",
+    flip=True,
+    eval_crop_fraction=1.0,
+    randaugment=None,
+    mixup=None,
+    cutmix=None,
+    seed=0,
+    cache=False,
+):
+    """Pipelines over a TensorFlow Datasets image-classification dataset.
+
+    Args:
+        name: TFDS name (``"cifar10"``, ``"cifar100"``, ``"oxford_iiit_pet"``,
+            ``"oxford_flowers102"``, ``"imagenet2012"``, ...), optionally with a config
+            and version (``"cifar10:3.0.2"``).
+        batch_size: images per batch.
+        data_dir: where TFDS keeps prepared datasets (TFDS's default when None).
+        download: download and prepare the dataset when it is not in ``data_dir`` yet.
+            Off by default: nothing is fetched unless asked for.
+        train_split: TFDS split for training (slicing allowed: ``"train[:98%]"``).
+        validation_split: split for validation; default ``"validation"`` when the
+            dataset has one, else ``"test"``.
+        image_size, channels, crop, flip, eval_crop_fraction, randaugment, mixup, cutmix:
+            as :func:`image_folder`.
+        seed: shuffling and augmentation seed.
+        cache: keep decoded images in memory.
+
+    Returns:
+        A :class:`Datasets`.
+
+    Raises:
+        FileNotFoundError: if the dataset is not prepared in ``data_dir`` and ``download``
+            is False.
+        RuntimeError: if the download or preparation fails (no network, for one).
+        ValueError: for an unknown dataset, a dataset without ``image``/``label``
+            features, an unknown split, or another invalid argument.
+    """
+    import tensorflow_datasets as tfds
+
+    size = _check_common(image_size, channels, crop, batch_size)
+    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(f"Unknown TFDS dataset {name!r}: {str(error).splitlines()[0]}") from None
+    if not builder.is_prepared():
+        if not download:
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Pass download=True "
+                f"(--download) to download and prepare it, or data_dir= (--data-dir) where it already is."
+            )
+        try:
+            builder.download_and_prepare()
+        except (OSError, ConnectionError) as error:  # e.g. no network
+            raise RuntimeError(
+                f"Could not download and prepare TFDS dataset {name!r} into {builder.data_dir!r}: {error}"
+            ) from error
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(f"TFDS dataset {name!r} has features {list(features)}; expected 'image' and 'label'.")
+    splits = list(builder.info.splits)
+    if validation_split is None:
+        validation_split = "validation" if "validation" in splits else "test"
+    sources = {}
+    for role, split in (("train", train_split), ("validation", validation_split)):
+        try:
+            sources[role] = builder.as_dataset(split=split, as_supervised=True, shuffle_files=role == "train")
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"TFDS dataset {name!r} has no split {split!r} ({error}); its splits are {splits}."
+            ) from None
+    label_feature = features["label"]
+    train_examples = builder.info.splits[train_split].num_examples
+    validation_examples = builder.info.splits[validation_split].num_examples
+    train, validation = _build_pipelines(
+        sources["train"],
+        sources["validation"],
+        num_classes=label_feature.num_classes,
+        image_size=size,
+        channels=channels,
+        batch_size=batch_size,
+        crop=crop,
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment,
+        mixup=mixup,
+        cutmix=cutmix,
+        shuffle_buffer=min(train_examples, 10_000),
+        seed=seed,
+        cache=cache,
+    )
+    return Datasets(
+        train, validation, label_feature.num_classes, list(label_feature.names), train_examples, validation_examples
+    )
+
+
+def image_folder_dataset(
+    directory, *, image_size=224, batch_size=32, training=True, channels=3, crop="inception", flip=True, seed=0
+):
+    """One pipeline over every readable image of a class-per-folder tree (no split).
+
+    Args:
+        directory: folder with one sub-folder of JPEG/PNG images per class.
+        image_size, batch_size, channels, crop, flip, seed: as :func:`image_folder`.
+        training: training preprocessing (shuffle, random crop, flip, full batches) when
+            True, evaluation preprocessing (resize, every image) when False.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, one_hot_labels)`` batches.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`scan_image_folder`, or for an invalid argument.
+    """
+    size = _check_common(image_size, channels, crop, batch_size)
+    paths, labels, class_names, _ = scan_image_folder(directory)
+    files = _file_dataset(paths, labels)
+    train, evaluation = _build_pipelines(
+        files,
+        files,
+        num_classes=len(class_names),
+        image_size=size,
+        channels=channels,
+        batch_size=batch_size,
+        crop=crop,
+        flip=flip,
+        eval_crop_fraction=1.0,
+        randaugment=None,
+        mixup=None,
+        cutmix=None,
+        shuffle_buffer=min(len(paths), 10_000),
+        seed=seed,
+        cache=False,
+    )
+    return train if training else evaluation

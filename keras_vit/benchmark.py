@@ -1,0 +1,310 @@
+"""Throughput and memory of keras_vit (and, where installed, its peers) on this machine.
+
+Every case runs in a fresh child process, so that its peak memory is its own and the
+backend (``KERAS_BACKEND``) can differ between cases of one run. The figures reported:
+images per second of inference and of a full training step (forward, backward, optimizer),
+the FLOP rate that corresponds to (model FLOPs from :func:`keras_vit.models.forward_flops`;
+a training step counted as 3x the forward pass), the machine's own matrix-multiply rate in
+the same dtype measured in the same run, the fraction achieved, and the peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+MATMUL_SIZE = 2048
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _time_calls(function, min_seconds: float, min_calls: int = 3, warmup: int = 2) -> float:
+    """Median seconds per call over at least ``min_calls`` calls and ``min_seconds``."""
+    for _ in range(warmup):
+        function()
+    durations = []
+    start = time.perf_counter()
+    while len(durations) < min_calls or time.perf_counter() - start < min_seconds:
+        begin = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - begin)
+    return float(np.median(durations))
+
+
+# --------------------------------------------------------------------------- cases
+def matmul_case(dtype: str = "float32", size: int = MATMUL_SIZE, min_seconds: float = 3.0) -> Dict:
+    """FLOP/s of an (n, n) x (n, n) product on the current backend: the machine's peak."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        a = tf.random.normal((size, size), dtype=tf.float32)
+        a = tf.cast(a, dtype)
+        product = tf.function(lambda: tf.linalg.matmul(a, a))
+        run = lambda: product().numpy()  # noqa: E731  (forces completion)
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), dtype=dtype)
+        product = jax.jit(lambda x: x @ x)
+        run = lambda: product(a).block_until_ready()  # noqa: E731
+    else:
+        import torch
+
+        a = torch.randn(size, size).to(getattr(torch, dtype))
+        run = lambda: torch.matmul(a, a)  # noqa: E731
+    seconds = _time_calls(run, min_seconds)
+    return {"case": "matmul", "backend": backend, "dtype": dtype, "size": size, "flops_per_second": 2 * size**3 / seconds}
+
+
+def _build(variant, image_size, dtype_policy, num_classes=1000):
+    import keras
+
+    import keras_vit
+    from keras_vit.models import forward_flops
+
+    keras.mixed_precision.set_global_policy(dtype_policy)
+    model = keras_vit.ViT(variant, image_size=image_size, num_classes=num_classes)
+    return model, forward_flops(model)
+
+
+def model_case(
+    mode: str,
+    variant: str,
+    image_size: int = 224,
+    batch: int = 8,
+    dtype_policy: str = "float32",
+    jit_compile: bool = False,
+    min_seconds: float = 10.0,
+) -> Dict:
+    """keras_vit inference (``mode="inference"``) or training-step throughput."""
+    import keras
+
+    model, flops = _build(variant, image_size, dtype_policy)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
+    labels = rng.integers(0, 1000, batch)
+    if mode == "inference":
+        model.compile(jit_compile=jit_compile)
+        run = lambda: model.predict_on_batch(images)  # noqa: E731
+        flops_per_image = flops
+    elif mode == "training":
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+        run = lambda: model.train_on_batch(images, labels)  # noqa: E731
+        flops_per_image = 3 * flops
+    else:
+        raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
+    seconds = _time_calls(run, min_seconds)
+    return {
+        "case": mode,
+        "model": f"keras_vit ViT-{variant}",
+        "backend": keras.backend.backend(),
+        "image_size": image_size,
+        "batch": batch,
+        "dtype_policy": dtype_policy,
+        "jit_compile": jit_compile,
+        "images_per_second": batch / seconds,
+        "flops_per_second": batch * flops_per_image / seconds,
+        "seconds_per_batch": seconds,
+    }
+
+
+def pipeline_case(image_size: int = 224, batch: int = 32, num_images: int = 256, min_seconds: float = 10.0) -> Dict:
+    """Images/s of the training input pipeline reading JPEG files (decode, crop, flip, batch)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from keras_vit import data
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_jpeg_folder(folder, num_images, size=int(image_size * 1.15))
+        dataset = data.image_folder_dataset(folder, image_size=image_size, batch_size=batch, training=True)
+        if isinstance(dataset, tuple):
+            dataset = dataset[0]
+        dataset = dataset.repeat()
+        iterator = iter(dataset)
+        next(iterator)
+        seconds = _time_calls(lambda: next(iterator), min_seconds, min_calls=10, warmup=3)
+    del tf
+    return {"case": "pipeline", "image_size": image_size, "batch": batch, "images_per_second": batch / seconds}
+
+
+def write_jpeg_folder(folder: str, num_images: int, size: int = 256, num_classes: int = 4) -> None:
+    """Writes ``num_images`` photo-like JPEGs (smooth noise) into class sub-folders."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for i in range(num_images):
+        label = f"class_{i % num_classes}"
+        os.makedirs(os.path.join(folder, label), exist_ok=True)
+        coarse = rng.uniform(0, 255, (size // 16 + 1, size // 16 + 1, 3))
+        image = tf.image.resize(coarse[None], (size, size), method="bicubic")[0]
+        image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+        tf.io.write_file(os.path.join(folder, label, f"{i:05d}.jpg"), tf.io.encode_jpeg(image, quality=90))
+
+
+CASE_KINDS = ("matmul", "inference", "training", "pipeline")
+
+
+def run_case_here(case: Dict) -> Dict:
+    """Runs one case in this process and adds its peak memory."""
+    case = dict(case)
+    kind = case.pop("case")
+    if kind == "matmul":
+        result = matmul_case(**case)
+    elif kind in ("inference", "training"):
+        result = model_case(kind, **case)
+    elif kind == "pipeline":
+        result = pipeline_case(**case)
+    else:
+        raise ValueError(f"Unknown benchmark case {kind!r}; expected one of {list(CASE_KINDS)}.")
+    result["peak_memory_mib"] = _peak_rss_mib()
+    return result
+
+
+def run_case(case: Dict, backend: str = "tensorflow", timeout: float = 1800) -> Dict:
+    """Runs one case in a fresh child process on ``backend``; returns its result dict."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    child = subprocess.run(
+        [sys.executable, "-m", "keras_vit.benchmark", json.dumps(case)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if child.returncode != 0:
+        return {**case, "backend": backend, "error": child.stderr.strip().splitlines()[-1] if child.stderr else "failed"}
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def summarize(results: List[Dict]) -> List[Dict]:
+    """Adds to each model case the fraction of the same-dtype matmul rate it achieved."""
+    peaks = {}
+    for r in results:
+        if r.get("case") == "matmul" and "error" not in r:
+            peaks[(r["backend"], r["dtype"])] = r["flops_per_second"]
+    for r in results:
+        if r.get("case") in ("inference", "training") and "error" not in r:
+            compute = "bfloat16" if "bfloat16" in r["dtype_policy"] else "float16" if "float16" in r["dtype_policy"] else "float32"
+            peak = peaks.get((r["backend"], compute))
+            if peak:
+                r["fraction_of_matmul_rate"] = r["flops_per_second"] / peak
+    return results
+
+
+def format_results(results: List[Dict]) -> str:
+    """A Markdown table of the results."""
+    header = "| case | model | backend | dtype | batch | jit | images/s | GFLOP/s | of matmul | peak MiB |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r.get('case')} | {r.get('variant', '')} | {r.get('backend', '')} | | | | error: {r['error']} | | | |")
+            continue
+        lines.append(
+            "| {case} | {model} | {backend} | {dtype} | {batch} | {jit} | {ips} | {gflops} | {frac} | {mem} |".format(
+                case=r["case"],
+                model=r.get("model", f"{r.get('size', '')}x{r.get('size', '')} matmul" if r["case"] == "matmul" else "JPEG files"),
+                backend=r.get("backend", "tensorflow"),
+                dtype=r.get("dtype_policy", r.get("dtype", "")),
+                batch=r.get("batch", ""),
+                jit=r.get("jit_compile", ""),
+                ips=f"{r['images_per_second']:.1f}" if "images_per_second" in r else "",
+                gflops=f"{r['flops_per_second'] / 1e9:.1f}" if "flops_per_second" in r else "",
+                frac=f"{100 * r['fraction_of_matmul_rate']:.0f}%" if "fraction_of_matmul_rate" in r else "",
+                mem=f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _child_main(argv: Optional[List[str]] = None) -> None:
+    case = json.loads((argv or sys.argv[1:])[0])
+    print(json.dumps(run_case_here(case)))
+
+
+if __name__ == "__main__":
+    _child_main()
+
+
+def standard_suite(backends=("tensorflow",)) -> List[Dict]:
+    """The cases docs/performance.md reports (the performance issue's targets)."""
+    cases = []
+    for backend in backends:
+        cases += [
+            dict(case="matmul", dtype="float32", _backend=backend),
+            dict(case="matmul", dtype="bfloat16", _backend=backend),
+            dict(case="inference", variant="B/16", batch=8, dtype_policy="float32", _backend=backend),
+            dict(case="inference", variant="B/16", batch=8, dtype_policy="mixed_bfloat16", _backend=backend),
+            dict(case="training", variant="S/16", batch=32, dtype_policy="float32", _backend=backend),
+        ]
+    cases.append(dict(case="pipeline", image_size=224, batch=32, _backend="tensorflow"))
+    return cases
+
+
+def custom_suite(variants, modes, dtype_policies, backends, image_size=224, batch=8, jit_compile=False) -> List[Dict]:
+    """Matmul peaks for the dtypes involved plus every (variant, mode, policy, backend)."""
+    cases = []
+    for backend in backends:
+        compute_dtypes = sorted({"bfloat16" if "bfloat16" in p else "float16" if "float16" in p else "float32" for p in dtype_policies})
+        cases += [dict(case="matmul", dtype=d, _backend=backend) for d in compute_dtypes]
+        for variant in variants:
+            for mode in modes:
+                for policy in dtype_policies:
+                    cases.append(
+                        dict(case=mode, variant=variant, image_size=image_size, batch=batch,
+                             dtype_policy=policy, jit_compile=jit_compile, _backend=backend)
+                    )
+    return cases
+
+
+def run_suite(cases: List[Dict], progress: bool = True) -> List[Dict]:
+    """Runs each case in its own process (in order, one at a time) and summarizes."""
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(cases, desc="benchmark", unit="case", disable=not progress)
+    for case in bar:
+        case = dict(case)
+        backend = case.pop("_backend", "tensorflow")
+        bar.set_postfix_str(f"{case['case']} {case.get('variant', case.get('dtype', ''))} {backend}")
+        results.append(run_case(case, backend=backend))
+    return summarize(results)
+
+
+def machine_description() -> Dict:
+    """CPU model, core count and the instruction-set extensions that matter here."""
+    import platform
+
+    info = {"machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            text = cpuinfo.read()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+        info["extensions"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    except OSError:
+        pass
+    import keras
+
+    info["keras"] = keras.__version__
+    return info
