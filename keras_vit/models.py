@@ -74,8 +74,29 @@ class VisionTransformer(keras.Model):
         classifier_activation=None,
         position_embedding="learned",
         resnet=None,
+        dtype=None,
         name="vit",
         **kwargs,
+    ):
+        # The layers take the policy current at their creation: build under the requested
+        # one, so that a mixed-precision model reloads as mixed precision.
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+        previous_policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            self._build_graph(
+                image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, num_classes,
+                channels, include_top, pooling, representation_size, dropout, attention_dropout,
+                drop_path_rate, classifier_activation, position_embedding, resnet, name, kwargs,
+            )
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
+        self.dtype_policy_name = policy.name
+
+    def _build_graph(
+        self, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, num_classes,
+        channels, include_top, pooling, representation_size, dropout, attention_dropout,
+        drop_path_rate, classifier_activation, position_embedding, resnet, name, kwargs,
     ):
         image_size = as_pair(image_size, "image_size")
         patch_size = as_pair(patch_size, "patch_size")
@@ -200,6 +221,7 @@ class VisionTransformer(keras.Model):
             "classifier_activation": self.classifier_activation,
             "position_embedding": self.position_embedding,
             "resnet": self.resnet,
+            "dtype": self.dtype_policy_name,
             "name": self.name,
         }
 

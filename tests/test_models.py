@@ -149,6 +149,11 @@ def test_mixed_precision_keeps_float32_logits():
         assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    # The policy is part of the config: the model rebuilds as mixed precision.
+    clone = VisionTransformer.from_config(model.get_config())
+    assert clone.get_layer("encoderblock_0").compute_dtype == "bfloat16"
+    assert clone.get_layer("head").compute_dtype == "float32"
+    assert tiny(dtype="mixed_bfloat16").get_layer("encoder_norm").dtype_policy.name == "mixed_bfloat16"
 
 
 # --------------------------------------------------------------------------- bad input
