@@ -396,6 +396,7 @@ def _add_benchmark(subparsers):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--jit-compile", action="store_true", help="compile the model with XLA")
+    parser.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per model case")
     parser.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
     parser.set_defaults(handler=_run_benchmark)
 
@@ -408,6 +409,7 @@ def _run_benchmark(args):
         cases = benchmark.custom_suite(
             args.variant, args.mode.split(","), args.dtype.split(","), backends,
             image_size=args.image_size, batch=args.batch, jit_compile=args.jit_compile,
+            min_seconds=args.seconds,
         )
     else:
         cases = benchmark.standard_suite(backends)
