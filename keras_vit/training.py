@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -799,45 +798,8 @@ def build_callbacks(run_dir, *, best_val_accuracy=None, tensorboard=True):
     ]
     if tensorboard:
         log_dir = os.path.join(run_dir, "logs")
-        if importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
-        else:
-            callbacks.append(_scalar_summaries(log_dir))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     return callbacks
-
-
-def _scalar_summaries(log_dir):
-    """Epoch scalars as TensorBoard event files without the ``tensorboard`` package.
-
-    ``keras.callbacks.TensorBoard`` needs ``tensorboard`` installed for ``tf.summary.scalar``;
-    this writes the same ``train``/``validation`` scalars with TensorFlow's own
-    ``tf.summary.write`` and the scalars plugin's metadata, which TensorBoard reads.
-    """
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-
-    class ScalarSummaries(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.writers = {
-                role: tf.summary.create_file_writer(os.path.join(log_dir, role)) for role in ("train", "validation")
-            }
-
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                role, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-                with self.writers[role].as_default():
-                    tf.summary.write(f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=metadata)
-            for writer in self.writers.values():
-                writer.flush()
-
-        def on_train_end(self, logs=None):
-            for writer in self.writers.values():
-                writer.close()
-
-    return ScalarSummaries()
 
 
 # --------------------------------------------------------------------------- train

@@ -139,7 +139,7 @@ def load_images(paths: Sequence[str], model) -> np.ndarray:
     """Reads image files as model inputs: resized, grey or RGB as the model wants, in [-1, 1].
 
     Args:
-        paths: image files (PNG, JPEG, anything Pillow reads).
+        paths: image files (PNG, JPEG, BMP, GIF), read as ``keras-vit predict`` reads them.
         model: the keras_vit model the images are for.
 
     Returns:
@@ -149,28 +149,19 @@ def load_images(paths: Sequence[str], model) -> np.ndarray:
         FileNotFoundError: a file does not exist.
         ValueError: no paths, or a file that is not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (Pillow comes with matplotlib)
+    from keras_vit.predict import read_images  # noqa: PLC0415  (the preprocessing predict uses)
 
     if not paths:
         raise ValueError("No image files given; pass at least one PNG or JPEG file.")
     height, width, channels = _input_layout(model)
     if channels not in (1, 3):
         raise ValueError(f"Image files give 1 or 3 channels; the model takes {channels}.")
-    images = []
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
+    images, _, errors = read_images(paths, (height, width), channels)
+    for path, reason in errors.items():
+        if not os.path.exists(path):
             raise FileNotFoundError(f"Image file {path!r} does not exist.")
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.BILINEAR)
-                array = np.asarray(image, dtype="float32")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"Cannot read {path!r} as an image ({error}); expected a PNG or JPEG file.") from error
-        images.append(array.reshape(height, width, channels))
-    return np.stack(images) / 127.5 - 1.0
+        raise ValueError(f"Cannot read {path!r} as an image ({reason}); expected a PNG or JPEG file.")
+    return images
 
 
 def _check_images(model, images):

@@ -4,7 +4,6 @@ The backend is fixed when Keras is imported, so the other backend runs in a real
 process that loads the same ``.keras`` file and writes its outputs.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -61,9 +60,6 @@ def models_run_by_the_other_backend(tmp_path_factory):
     return cases
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec(OTHER_BACKEND) is None, reason=f"{OTHER_BACKEND} is not installed"
-)
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_outputs_under_tensorflow_and_jax(models_run_by_the_other_backend, case):
     model, x, path = models_run_by_the_other_backend[case]
