@@ -343,10 +343,10 @@ class SelfAttention(keras.layers.MultiHeadAttention):
                 query, key, value, attention_mask, training, return_attention_scores, use_causal_mask
             )
         scale = ops.cast(self._inverse_sqrt_key_dim, query.dtype)
-        query = ops.transpose(query * scale, (0, 2, 1, 3))  # (B, heads, T, head_dim)
+        query = ops.transpose(query, (0, 2, 1, 3))  # (B, heads, T, head_dim)
         key = ops.transpose(key, (0, 2, 3, 1))  # (B, heads, head_dim, S)
         value = ops.transpose(value, (0, 2, 1, 3))  # (B, heads, S, head_dim)
-        probabilities = ops.softmax(ops.matmul(query, key), axis=-1)  # (B, heads, T, S)
+        probabilities = ops.softmax(ops.matmul(query, key) * scale, axis=-1)  # (B, heads, T, S)
         weights = self._dropout_layer(probabilities, training=training) if self._dropout > 0 else probabilities
         output = ops.transpose(ops.matmul(weights, value), (0, 2, 1, 3))  # (B, T, heads, head_dim)
         return output, probabilities
