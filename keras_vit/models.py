@@ -7,6 +7,7 @@ decodes a variant string; ``ViTB16(...)`` and friends are one-line builders over
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import keras
@@ -14,6 +15,16 @@ import keras
 from keras_vit import hybrid
 from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, decode_variant, variant_names
 from keras_vit.layers import LAYER_NORM_EPSILON, Patches, PatchEncoder, TokenPooling, TransformerBlock
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _check_choice(value, name, choices):
@@ -81,90 +92,75 @@ class VisionTransformer(keras.Model):
         # The layers take the policy current at their creation: build under the requested
         # one, so that a mixed-precision model reloads as mixed precision.
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
-        previous_policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(policy)
-        try:
-            self._build_graph(
-                image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, num_classes,
-                channels, include_top, pooling, representation_size, dropout, attention_dropout,
-                drop_path_rate, classifier_activation, position_embedding, resnet, name, kwargs,
-            )
-        finally:
-            keras.config.set_dtype_policy(previous_policy)
+        with _global_dtype_policy(policy):
+            image_size = as_pair(image_size, "image_size")
+            patch_size = as_pair(patch_size, "patch_size")
+            _check_choice(pooling, "pooling", POOLINGS)
+            _check_choice(position_embedding, "position_embedding", POSITION_EMBEDDINGS)
+            if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+                raise ValueError(
+                    f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
+                    f"Use include_top=False for a model without a head."
+                )
+            if not isinstance(channels, int) or channels < 1:
+                raise ValueError(f"channels must be a positive integer (3 for RGB, 1 for grayscale); got {channels!r}.")
+            if resnet is not None:
+                stages, width_factor = resnet
+                resnet = (tuple(int(s) for s in stages), float(width_factor))
+                stride = hybrid.stem_stride(resnet[0])
+            else:
+                stride = 1
+            step = (patch_size[0] * stride, patch_size[1] * stride)
+            if image_size[0] % step[0] or image_size[1] % step[1]:
+                what = f"the patch size {patch_size[0]}x{patch_size[1]}" + (
+                    f" times the ResNet stem's stride {stride}" if stride > 1 else ""
+                )
+                raise ValueError(
+                    f"image_size {image_size[0]}x{image_size[1]} is not divisible by {what}: height "
+                    f"and width must be multiples of {step[0]}x{step[1]} (e.g. "
+                    f"{max(1, round(image_size[0] / step[0])) * step[0]}x"
+                    f"{max(1, round(image_size[1] / step[1])) * step[1]})."
+                )
+            grid_size = (image_size[0] // step[0], image_size[1] // step[1])
+
+            images = keras.Input((image_size[0], image_size[1], channels), name="images")
+            x = images
+            if resnet is not None:
+                x = hybrid.resnet_stem(x, *resnet)
+            x = Patches(patch_size, name="patches")(x)
+            x = PatchEncoder(
+                hidden_size,
+                grid_size,
+                use_class_token=pooling == "token",
+                position_embedding=position_embedding,
+                name="embedding",
+            )(x)
+            x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+            for i in range(num_layers):
+                rate = drop_path_rate * i / max(num_layers - 1, 1)
+                x = TransformerBlock(
+                    num_heads,
+                    mlp_dim,
+                    dropout=dropout,
+                    attention_dropout=attention_dropout,
+                    drop_path_rate=rate,
+                    name=f"encoderblock_{i}",
+                )(x)
+            x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
+            x = TokenPooling(pooling, name="pool")(x)
+            if representation_size:
+                x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
+            if include_top:
+                # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
+                x = keras.layers.Dense(
+                    num_classes,
+                    activation=classifier_activation,
+                    kernel_initializer="zeros",
+                    name="head",
+                    dtype="float32",
+                )(x)
+            super().__init__(inputs=images, outputs=x, name=name, **kwargs)
         self.dtype_policy_name = policy.name
-
-    def _build_graph(
-        self, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, num_classes,
-        channels, include_top, pooling, representation_size, dropout, attention_dropout,
-        drop_path_rate, classifier_activation, position_embedding, resnet, name, kwargs,
-    ):
-        image_size = as_pair(image_size, "image_size")
-        patch_size = as_pair(patch_size, "patch_size")
-        _check_choice(pooling, "pooling", POOLINGS)
-        _check_choice(position_embedding, "position_embedding", POSITION_EMBEDDINGS)
-        if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(
-                f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
-                f"Use include_top=False for a model without a head."
-            )
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer (3 for RGB, 1 for grayscale); got {channels!r}.")
-        if resnet is not None:
-            stages, width_factor = resnet
-            resnet = (tuple(int(s) for s in stages), float(width_factor))
-            stride = hybrid.stem_stride(resnet[0])
-        else:
-            stride = 1
-        step = (patch_size[0] * stride, patch_size[1] * stride)
-        if image_size[0] % step[0] or image_size[1] % step[1]:
-            what = f"the patch size {patch_size[0]}x{patch_size[1]}" + (
-                f" times the ResNet stem's stride {stride}" if stride > 1 else ""
-            )
-            raise ValueError(
-                f"image_size {image_size[0]}x{image_size[1]} is not divisible by {what}: height "
-                f"and width must be multiples of {step[0]}x{step[1]} (e.g. "
-                f"{max(1, round(image_size[0] / step[0])) * step[0]}x"
-                f"{max(1, round(image_size[1] / step[1])) * step[1]})."
-            )
-        grid_size = (image_size[0] // step[0], image_size[1] // step[1])
-
-        images = keras.Input((image_size[0], image_size[1], channels), name="images")
-        x = images
-        if resnet is not None:
-            x = hybrid.resnet_stem(x, *resnet)
-        x = Patches(patch_size, name="patches")(x)
-        x = PatchEncoder(
-            hidden_size,
-            grid_size,
-            use_class_token=pooling == "token",
-            position_embedding=position_embedding,
-            name="embedding",
-        )(x)
-        x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
-        for i in range(num_layers):
-            rate = drop_path_rate * i / max(num_layers - 1, 1)
-            x = TransformerBlock(
-                num_heads,
-                mlp_dim,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                drop_path_rate=rate,
-                name=f"encoderblock_{i}",
-            )(x)
-        x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
-        x = TokenPooling(pooling, name="pool")(x)
-        if representation_size:
-            x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
-        if include_top:
-            # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
-            x = keras.layers.Dense(
-                num_classes,
-                activation=classifier_activation,
-                kernel_initializer="zeros",
-                name="head",
-                dtype="float32",
-            )(x)
-        super().__init__(inputs=images, outputs=x, name=name, **kwargs)
 
         self.image_size = image_size
         self.patch_size = patch_size
