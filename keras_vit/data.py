@@ -105,11 +105,18 @@ def _match_channels(image, channels):
     return image
 
 
-def _scale(image):
-    """[0, 255] -> [-1, 1] as in the original input pipeline."""
+def scale_pixels(images):
+    """[0, 255] pixels -> float32 in [-1, 1] (x / 127.5 - 1), the original's input scaling.
+
+    The one definition of the models' input range: NumPy arrays (and lists) give a NumPy
+    array, without importing TensorFlow; tensors (tf.data, the SavedModel's bytes
+    signature) stay TensorFlow tensors.
+    """
+    if isinstance(images, (np.ndarray, np.generic, list, tuple)):
+        return np.asarray(images, dtype="float32") / 127.5 - 1.0
     import tensorflow as tf
 
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
 def preprocess_for_train(image, *, image_size, channels=3, crop="inception", flip=True):
@@ -153,7 +160,7 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
     if flip:
         image = tf.image.random_flip_left_right(image)
     image = tf.clip_by_value(image, 0.0, 255.0)
-    return _scale(image)
+    return scale_pixels(image)
 
 
 def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):
@@ -182,7 +189,7 @@ def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):
     else:
         image = tf.image.resize(image, (height, width), method="bilinear")
     image = tf.clip_by_value(image, 0.0, 255.0)
-    return _scale(image)
+    return scale_pixels(image)
 
 
 def _batch_augmenter(randaugment, mixup, cutmix, seed):

@@ -23,6 +23,8 @@ import tempfile
 
 import numpy as np
 
+from keras_vit.data import scale_pixels
+
 FORMATS = ("savedmodel", "tflite", "onnx")
 TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
 DEFAULT_OPSET = 17
@@ -168,11 +170,6 @@ def model_output_kind(model):
     )
 
 
-def scale_images(images):
-    """uint8-range images -> float32 in [-1, 1], the model's own scaling (x / 127.5 - 1)."""
-    return np.asarray(images, dtype="float32") / 127.5 - 1.0
-
-
 def export_data(model, images_dir=None, seed=0):
     """Calibration and verification images for a model, from the best source available.
 
@@ -217,8 +214,8 @@ def export_data(model, images_dir=None, seed=0):
         # One validation digit of each class for the sample PNGs.
         sample_index = [int(np.flatnonzero(y_val == digit)[0]) for digit in range(10)]
         return dict(
-            calibration=scale_images(x_train[:CALIBRATION_SAMPLES, :, :, None]),
-            verification=scale_images(x_val[:VERIFICATION_SAMPLES, :, :, None]),
+            calibration=scale_pixels(x_train[:CALIBRATION_SAMPLES, :, :, None]),
+            verification=scale_pixels(x_val[:VERIFICATION_SAMPLES, :, :, None]),
             verification_labels=y_val[:VERIFICATION_SAMPLES].astype("int64"),
             samples=x_val[sample_index, :, :, None],
             sample_labels=y_val[sample_index].astype("int64"),
@@ -271,7 +268,7 @@ def decode_and_resize(encoded, image_size, channels):
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
     image = tf.ensure_shape(image, (image_size[0], image_size[1], channels))
-    return image / 127.5 - 1.0
+    return scale_pixels(image)
 
 
 def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
@@ -556,7 +553,7 @@ def _bytes_signature_parity(directory, model, images, output_kind):
 
     pixels = np.round((np.asarray(images) + 1.0) * 127.5).clip(0, 255).astype("uint8")
     encoded = tf.constant([tf.io.encode_png(image).numpy() for image in pixels])
-    decoded = scale_images(pixels)
+    decoded = scale_pixels(pixels)
     keras_top1 = np.asarray(model(decoded, training=False)).argmax(-1)
     result = tf.saved_model.load(directory).signatures[BYTES_SIGNATURE](images=encoded)
     top1 = result["top_k_ids"].numpy()[:, 0]

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vit.data import scale_pixels
 from keras_vit.layers import Patches, PatchEncoder, TransformerBlock
 
 FIGURE_DPI = 100
@@ -180,7 +181,7 @@ def _check_images(model, images):
     if len(images) == 0:
         raise ValueError("Got an empty batch of images; pass at least one image.")
     if images.dtype == np.uint8:
-        return images.astype("float32") / 127.5 - 1.0
+        return scale_pixels(images)
     return images.astype("float32")
 
 

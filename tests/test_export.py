@@ -21,7 +21,7 @@ import keras_vit
 from keras_vit import export
 from keras_vit.checkpoints import from_npz
 from keras_vit.cli import main
-from keras_vit.data import load_embedded_mnist
+from keras_vit.data import load_embedded_mnist, scale_pixels
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -54,7 +54,7 @@ def mnist_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mnist_validation():
     _, (x_val, y_val) = load_embedded_mnist()
-    return export.scale_images(x_val[..., None]), y_val.astype("int64")
+    return scale_pixels(x_val[..., None]), y_val.astype("int64")
 
 
 def _entry(manifest, name):
