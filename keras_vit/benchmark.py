@@ -40,9 +40,28 @@ def _time_calls(function, min_seconds: float, min_calls: int = 3, warmup: int = 
     return float(np.median(durations))
 
 
+def _time_interleaved(first, second, min_seconds: float, min_calls: int = 3, warmup: int = 2):
+    """Median seconds per call of two functions, called alternately.
+
+    The machine's speed drifts (a shared VM): timing the model and the matmul peak in
+    alternation gives their ratio under the same conditions.
+    """
+    for _ in range(warmup):
+        first()
+        second()
+    durations = ([], [])
+    start = time.perf_counter()
+    while len(durations[0]) < min_calls or time.perf_counter() - start < min_seconds:
+        for function, record in zip((first, second), durations):
+            begin = time.perf_counter()
+            function()
+            record.append(time.perf_counter() - begin)
+    return float(np.median(durations[0])), float(np.median(durations[1]))
+
+
 # --------------------------------------------------------------------------- cases
-def matmul_case(dtype: str = "float32", size: int = MATMUL_SIZE, min_seconds: float = 3.0) -> Dict:
-    """FLOP/s of an (n, n) x (n, n) product on the current backend: the machine's peak."""
+def matmul_runner(dtype: str = "float32", size: int = MATMUL_SIZE):
+    """A function computing one (n, n) x (n, n) product on the current backend, and its FLOPs."""
     import keras
 
     backend = keras.backend.backend()
@@ -65,8 +84,16 @@ def matmul_case(dtype: str = "float32", size: int = MATMUL_SIZE, min_seconds: fl
 
         a = torch.randn(size, size).to(getattr(torch, dtype))
         run = lambda: torch.matmul(a, a)  # noqa: E731
+    return run, 2 * size**3
+
+
+def matmul_case(dtype: str = "float32", size: int = MATMUL_SIZE, min_seconds: float = 3.0) -> Dict:
+    """FLOP/s of an (n, n) x (n, n) product on the current backend: the machine's peak."""
+    import keras
+
+    run, flops = matmul_runner(dtype, size)
     seconds = _time_calls(run, min_seconds)
-    return {"case": "matmul", "backend": backend, "dtype": dtype, "size": size, "flops_per_second": 2 * size**3 / seconds}
+    return {"case": "matmul", "backend": keras.backend.backend(), "dtype": dtype, "size": size, "flops_per_second": flops / seconds}
 
 
 def _build(variant, image_size, dtype_policy, num_classes=1000):
@@ -88,11 +115,23 @@ def model_case(
     dtype_policy: str = "float32",
     jit_compile: bool = False,
     min_seconds: float = 10.0,
+    peer: Optional[str] = None,
 ) -> Dict:
-    """keras_vit inference (``mode="inference"``) or training-step throughput."""
+    """Inference (``mode="inference"``) or training-step throughput of keras_vit's model,
+    or of a peer's (``peer="keras_hub"``) at the same variant; FLOPs are keras_vit's count."""
     import keras
 
-    model, flops = _build(variant, image_size, dtype_policy)
+    if peer is None:
+        model, flops = _build(variant, image_size, dtype_policy)
+        name = f"keras_vit ViT-{variant}"
+    else:
+        from keras_vit.models import variant_forward_flops
+
+        if not peer_installed(peer):
+            raise ValueError(f"Peer {peer!r} is not installed here (pip install keras-hub).")
+        keras.mixed_precision.set_global_policy(dtype_policy)
+        model, name = _keras_hub_vit(variant, image_size)
+        flops = variant_forward_flops(variant, image_size)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
     labels = rng.integers(0, 1000, batch)
@@ -110,14 +149,15 @@ def model_case(
         flops_per_image = 3 * flops
     else:
         raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
-    seconds = _time_calls(run, min_seconds)
-    # The machine's rate drifts between processes (a shared VM): measure the same-dtype
-    # matmul peak in this process, right after the model, as the fraction's denominator.
-    compute_dtype = model.get_layer("encoderblock_0").compute_dtype
-    peak = matmul_case(compute_dtype, min_seconds=min(3.0, min_seconds))["flops_per_second"]
+    # The fraction's denominator: the same-dtype matmul peak, timed in alternation with
+    # the model in this process, so that both see the same machine.
+    compute_dtype = keras.DTypePolicy(dtype_policy).compute_dtype
+    matmul, matmul_flops = matmul_runner(compute_dtype)
+    seconds, matmul_seconds = _time_interleaved(run, matmul, min_seconds)
+    peak = matmul_flops / matmul_seconds
     return {
         "case": mode,
-        "model": f"keras_vit ViT-{variant}",
+        "model": name,
         "backend": keras.backend.backend(),
         "image_size": image_size,
         "batch": batch,
@@ -129,6 +169,37 @@ def model_case(
         "matmul_flops_per_second": peak,
         "fraction_of_matmul_rate": batch * flops_per_image / seconds / peak,
     }
+
+
+PEERS = ("keras_hub",)
+
+
+def peer_installed(peer: str) -> bool:
+    """Whether a peer implementation can be imported here."""
+    import importlib.util
+
+    if peer not in PEERS:
+        raise ValueError(f"Unknown peer {peer!r}; expected one of {list(PEERS)}.")
+    return importlib.util.find_spec(peer) is not None
+
+
+def _keras_hub_vit(variant, image_size, num_classes=1000):
+    # keras-hub's own ViT, at the same width, depth and heads as keras_vit's variant.
+    import keras_hub
+
+    from keras_vit.config import decode_variant
+
+    spec = decode_variant(variant)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(image_size, image_size, 3),
+        patch_size=spec.patch_size[0],
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        hidden_dim=spec.hidden_size,
+        mlp_dim=spec.mlp_dim,
+    )
+    model = keras_hub.models.ViTImageClassifier(backbone, num_classes=num_classes, activation=None)
+    return model, f"keras_hub {keras_hub.__version__} ViTImageClassifier"
 
 
 def pipeline_case(image_size: int = 224, batch: int = 32, num_images: int = 256, min_seconds: float = 10.0) -> Dict:
@@ -233,27 +304,39 @@ def _child_main(argv: Optional[List[str]] = None) -> None:
     print(json.dumps(run_case_here(case)))
 
 
-if __name__ == "__main__":
-    _child_main()
+
+def installed_peers() -> List[str]:
+    """The peer implementations importable here, benchmarked beside keras_vit."""
+    return [peer for peer in PEERS if peer_installed(peer)]
 
 
-def standard_suite(backends=("tensorflow",)) -> List[Dict]:
-    """The cases docs/performance.md reports (the performance issue's targets)."""
+def standard_suite(backends=("tensorflow",), peers=None) -> List[Dict]:
+    """The cases docs/performance.md reports (the performance issue's targets), plus the
+    float32 cases again for each installed peer (``peers`` overrides which)."""
+    peers = installed_peers() if peers is None else list(peers)
     cases = []
     for backend in backends:
+        inference = dict(case="inference", variant="B/16", batch=8, _backend=backend)
+        training = dict(case="training", variant="S/16", batch=32, dtype_policy="float32", _backend=backend)
         cases += [
             dict(case="matmul", dtype="float32", _backend=backend),
             dict(case="matmul", dtype="bfloat16", _backend=backend),
-            dict(case="inference", variant="B/16", batch=8, dtype_policy="float32", _backend=backend),
-            dict(case="inference", variant="B/16", batch=8, dtype_policy="mixed_bfloat16", _backend=backend),
-            dict(case="training", variant="S/16", batch=32, dtype_policy="float32", _backend=backend),
+            dict(inference, dtype_policy="float32"),
+            dict(inference, dtype_policy="mixed_bfloat16"),
+            dict(inference, dtype_policy="bfloat16"),
+            training,
         ]
+        for peer in peers:
+            cases += [dict(inference, dtype_policy="float32", peer=peer), dict(training, peer=peer)]
     cases.append(dict(case="pipeline", image_size=224, batch=32, _backend="tensorflow"))
     return cases
 
 
-def custom_suite(variants, modes, dtype_policies, backends, image_size=224, batch=8, jit_compile=False, min_seconds=10.0) -> List[Dict]:
-    """Matmul peaks for the dtypes involved plus every (variant, mode, policy, backend)."""
+def custom_suite(
+    variants, modes, dtype_policies, backends, image_size=224, batch=8, jit_compile=False, min_seconds=10.0, peers=()
+) -> List[Dict]:
+    """Matmul peaks for the dtypes involved plus every (variant, mode, policy, backend),
+    for keras_vit and for each of ``peers``."""
     cases = []
     for backend in backends:
         compute_dtypes = sorted({"bfloat16" if "bfloat16" in p else "float16" if "float16" in p else "float32" for p in dtype_policies})
@@ -261,10 +344,10 @@ def custom_suite(variants, modes, dtype_policies, backends, image_size=224, batc
         for variant in variants:
             for mode in modes:
                 for policy in dtype_policies:
-                    cases.append(
-                        dict(case=mode, variant=variant, image_size=image_size, batch=batch,
-                             dtype_policy=policy, jit_compile=jit_compile, min_seconds=min_seconds, _backend=backend)
-                    )
+                    for peer in (None, *peers):
+                        case = dict(case=mode, variant=variant, image_size=image_size, batch=batch,
+                                    dtype_policy=policy, jit_compile=jit_compile, min_seconds=min_seconds, _backend=backend)
+                        cases.append(case if peer is None else dict(case, peer=peer))
     return cases
 
 
@@ -302,3 +385,7 @@ def machine_description() -> Dict:
 
     info["keras"] = keras.__version__
     return info
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -398,6 +398,11 @@ def _add_benchmark(subparsers):
     parser.add_argument("--jit-compile", action="store_true", help="compile the model with XLA")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per model case")
     parser.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
+    parser.add_argument(
+        "--peers", default="installed",
+        help="peer implementations measured beside keras_vit: 'installed' (those importable: "
+        "keras_hub), 'none', or a comma list",
+    )
     parser.set_defaults(handler=_run_benchmark)
 
 
@@ -405,14 +410,23 @@ def _run_benchmark(args):
     from keras_vit import benchmark
 
     backends = args.backend.split(",")
+    if args.peers == "installed":
+        peers = benchmark.installed_peers()
+    elif args.peers == "none":
+        peers = []
+    else:
+        peers = args.peers.split(",")
+        missing = [peer for peer in peers if not benchmark.peer_installed(peer)]
+        if missing:
+            raise ValueError(f"--peers {args.peers}: {missing} not installed here; installed: {benchmark.installed_peers()}.")
     if args.variant:
         cases = benchmark.custom_suite(
             args.variant, args.mode.split(","), args.dtype.split(","), backends,
             image_size=args.image_size, batch=args.batch, jit_compile=args.jit_compile,
-            min_seconds=args.seconds,
+            min_seconds=args.seconds, peers=peers,
         )
     else:
-        cases = benchmark.standard_suite(backends)
+        cases = benchmark.standard_suite(backends, peers=peers)
     results = benchmark.run_suite(cases)
     machine = benchmark.machine_description()
     print(f"machine: {machine}")

@@ -24,6 +24,7 @@ import tempfile
 import numpy as np
 
 from keras_vit.data import scale_pixels
+from keras_vit.tf_kernels import portable_ops
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
@@ -320,11 +321,12 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
             "top_k_names": tf.gather(names, top.indices),
         }
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
-    archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
-    archive.write_out(directory, verbose=False)
+    with portable_ops():  # a SavedModel may be served on GPUs or converted further
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
+        archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
+        archive.write_out(directory, verbose=False)
     return directory
 
 
@@ -333,10 +335,11 @@ def _float_savedmodel(model, directory):
     # instead leaves VAR_HANDLE/READ_VARIABLE ops that a plain interpreter never initialises.
     import keras
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
-    archive.write_out(directory, verbose=False)
+    with portable_ops():  # TFLite has no training-mode batch norm (tf_kernels.layer_norm)
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
+        archive.write_out(directory, verbose=False)
     return directory
 
 
@@ -445,9 +448,10 @@ def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
         raise ValueError(f"ONNX opset must be at least {DEFAULT_OPSET}; got {opset}.")
     function = _float_function(model)
     try:
-        onnx_model, _ = tf2onnx.convert.from_function(
-            function, input_signature=function.input_signature, opset=int(opset)
-        )
+        with portable_ops():  # ONNX has no training-mode batch norm (tf_kernels.layer_norm)
+            onnx_model, _ = tf2onnx.convert.from_function(
+                function, input_signature=function.input_signature, opset=int(opset)
+            )
     except Exception as error:  # tf2onnx raises many kinds
         raise RuntimeError(f"ONNX conversion of {path} failed: {error}") from error
     onnx_model.graph.output[0].name = _rename_output(onnx_model, "outputs")

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vit import tf_kernels
 from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair
 
 LAYER_NORM_EPSILON = 1e-6  # the original's (Keras defaults to 1e-3)
@@ -198,7 +199,7 @@ class PatchEncoder(keras.layers.Layer):
 
     def call(self, patches):
         self._check_num_patches(patches.shape[1])
-        x = self.projection(patches)  # (B, N, D)
+        x = apply_dense(self.projection, patches)  # (B, N, D)
         if self.position_embedding in ("learned_2d", "sincos2d"):
             x = x + ops.cast(self.patch_position_embedding(), x.dtype)
         if self.use_class_token:
@@ -257,26 +258,65 @@ class DropPath(keras.layers.Layer):
         return config
 
 
-def dense_gelu(x, dense):
-    """``gelu_tanh(dense(x))``, as one fused oneDNN kernel on the TensorFlow backend.
+def _plain_dense(dense) -> bool:
+    # LoRA and quantized Dense layers compute their own kernel: leave them to Keras.
+    return bool(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None))
 
-    TensorFlow's graph optimizer fuses ``MatMul -> BiasAdd -> Gelu`` into one oneDNN
-    matmul whose epilogue computes the bias and the GELU, but Keras's Dense adds its bias
-    with ``Add`` and matmuls 3D inputs as a batch matmul, which defeat the fusion: the MLP
-    then spends about a quarter of its time in separate elementwise passes. Other backends
-    (and mixed precision's float16 on TensorFlow) take the plain ``keras.ops`` path; both
-    compute the same function.
+
+def apply_dense(dense, x, activation=None, residual=None, training=False):
+    """``activation(dense(x)) [+ residual]``; one fused oneDNN kernel on TensorFlow CPUs.
+
+    Keras's Dense adds its bias with ``Add`` and matmuls 3D inputs as a batch matmul,
+    which defeat TensorFlow's ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]`` fusion (see
+    :mod:`keras_vit.tf_kernels`); elsewhere this is the plain ``keras.ops`` form.
+
+    Args:
+        dense: a built ``keras.layers.Dense`` with a bias and no activation of its own.
+        x: its input.
+        activation: None or ``"gelu_tanh"``.
+        residual: None, or a tensor of the output's shape to add.
+        training: whether gradients will be taken (picks the GELU form that trains fastest).
     """
-    if keras.backend.backend() != "tensorflow" or dense.compute_dtype == "float16":
-        return ops.gelu(dense(x), approximate=True)
-    import tensorflow as tf  # noqa: PLC0415  (only on the TensorFlow backend)
+    if _plain_dense(dense) or not dense.use_bias or not tf_kernels.enabled(dense.compute_dtype):
+        y = dense(x)
+        if activation == "gelu_tanh":
+            y = ops.gelu(y, approximate=True)
+        return y if residual is None else residual + y
+    dtype = dense.compute_dtype
+    return tf_kernels.dense(
+        ops.cast(x, dtype),
+        ops.cast(dense.kernel, dtype),
+        ops.cast(dense.bias, dtype),
+        activation=activation,
+        residual=None if residual is None else ops.cast(residual, dtype),
+        training=bool(training),
+    )
 
-    kernel = ops.cast(dense.kernel, dense.compute_dtype)
-    bias = ops.cast(dense.bias, dense.compute_dtype)
-    x = ops.cast(x, dense.compute_dtype)
-    flat = tf.reshape(x, (-1, x.shape[-1]))
-    y = tf.nn.gelu(tf.nn.bias_add(tf.matmul(flat, kernel), bias), approximate=True)
-    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [kernel.shape[-1]]], axis=0))
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras ``LayerNormalization`` (same weights, same math); one fused kernel on TensorFlow CPUs.
+
+    Keras computes the normalization as about eight elementwise and reduction passes;
+    over the last axis of (B, T, D) tokens, TensorFlow with oneDNN runs it as a single
+    ``_MklLayerNorm`` kernel (and its gradient as one batch-norm gradient), see
+    :mod:`keras_vit.tf_kernels`. Every other case takes the parent's path.
+    """
+
+    def call(self, inputs):
+        rank = len(inputs.shape)
+        fused = (
+            rank in (2, 3)
+            and [axis % rank for axis in self.axis] == [rank - 1]
+            and self.center
+            and self.scale
+            and not self.rms_scaling
+            and tf_kernels.enabled(self.compute_dtype)
+        )
+        if not fused:
+            return super().call(inputs)
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return tf_kernels.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -304,10 +344,15 @@ class MLP(keras.layers.Layer):
         self.dense_1 = keras.layers.Dense(input_shape[-1], name="Dense_1", dtype=self.dtype_policy, **_dense_init())
         self.dense_1.build(input_shape[:-1] + (self.mlp_dim,))
 
-    def call(self, x, training=False):
-        x = dense_gelu(x, self.dense_0)
+    def call(self, x, training=False, residual=None):
+        """``residual`` (optional, only without dropout): added to the output in the last matmul."""
+        if residual is not None and training and self.dropout > 0:
+            raise ValueError("MLP adds a residual only without active dropout.")
+        x = apply_dense(self.dense_0, x, activation="gelu_tanh", training=training)
         x = self.dropout_layer(x, training=training)
-        return self.dropout_layer(self.dense_1(x), training=training)
+        if residual is not None:
+            return apply_dense(self.dense_1, x, residual=residual)
+        return self.dropout_layer(apply_dense(self.dense_1, x), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -327,6 +372,68 @@ class SelfAttention(keras.layers.MultiHeadAttention):
     TensorFlow fallback) spends about 40% more time there on CPU. Masks and causal
     attention, which a ViT does not use, go to the parent's implementation.
     """
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+        residual=None,
+    ):
+        """The parent's arguments, plus ``residual``: a (B, T, D) tensor added to the output."""
+        masks = (query_mask, value_mask, key_mask, attention_mask, use_causal_mask)
+        if not self._fused_self_attention_applies(query, value, key, *masks):
+            outputs = super().call(
+                query, value, key, query_mask, value_mask, key_mask, attention_mask,
+                return_attention_scores, training, use_causal_mask,
+            )
+            if residual is None:
+                return outputs
+            if return_attention_scores:
+                return residual + outputs[0], outputs[1]
+            return residual + outputs
+        dtype = self.compute_dtype
+
+        def weights(dense):
+            return ops.cast(dense.kernel, dtype), ops.cast(dense.bias, dtype)
+
+        dropout = None
+        if self._dropout > 0 and training:
+            dropout = lambda probabilities: self._dropout_layer(probabilities, training=training)  # noqa: E731
+        return tf_kernels.self_attention(
+            ops.cast(query, dtype),
+            weights(self._query_dense),
+            weights(self._key_dense),
+            weights(self._value_dense),
+            weights(self._output_dense),
+            self._inverse_sqrt_key_dim,
+            dropout=dropout,
+            return_scores=return_attention_scores,
+            residual=None if residual is None else ops.cast(residual, dtype),
+        )
+
+    def _fused_self_attention_applies(self, query, value, key, *masks_and_causal):
+        # Self-attention of unmasked (B, T, D) tokens with plain biased projections.
+        dense_layers = (self._query_dense, self._key_dense, self._value_dense, self._output_dense)
+        return (
+            value is query
+            and (key is None or key is query)
+            and not any(m is not None and m is not False for m in masks_and_causal)
+            and len(query.shape) == 3
+            and self._use_bias
+            and not getattr(self, "_use_gate", False)
+            and getattr(self, "_sliding_window", None) is None
+            and not any(_plain_dense(d) for d in dense_layers)
+            and getattr(query, "_keras_mask", None) is None
+            and tf_kernels.enabled(self.compute_dtype)
+        )
 
     def _compute_attention(
         self,
@@ -395,10 +502,10 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path_rate = float(drop_path_rate)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         policy = self.dtype_policy
-        self.norm_1 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="LayerNorm_0", dtype=policy)
+        self.norm_1 = LayerNorm(epsilon=self.layer_norm_epsilon, name="LayerNorm_0", dtype=policy)
         self.attention = None  # key_dim known only in build
         self.attention_output_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
-        self.norm_2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="LayerNorm_2", dtype=policy)
+        self.norm_2 = LayerNorm(epsilon=self.layer_norm_epsilon, name="LayerNorm_2", dtype=policy)
         self.mlp = MLP(self.mlp_dim, self.dropout, name="MlpBlock_3", dtype=policy)
         self.drop_path = DropPath(self.drop_path_rate, dtype=policy)
 
@@ -424,12 +531,19 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, x, training=False, return_attention_scores=False):
         y = self.norm_1(x)
-        if return_attention_scores:
-            y, scores = self.attention(y, y, training=training, return_attention_scores=True)
+        scores = None
+        if training and (self.dropout > 0 or self.drop_path_rate > 0):
+            y = self.attention(y, y, training=training, return_attention_scores=return_attention_scores)
+            if return_attention_scores:
+                y, scores = y
+            x = x + self.drop_path(self.attention_output_dropout(y, training=training), training=training)
+            x = x + self.drop_path(self.mlp(self.norm_2(x), training=training), training=training)
         else:
-            y = self.attention(y, y, training=training)
-        x = x + self.drop_path(self.attention_output_dropout(y, training=training), training=training)
-        x = x + self.drop_path(self.mlp(self.norm_2(x), training=training), training=training)
+            # Nothing between a branch and its residual: the sums fuse into the last matmuls.
+            x = self.attention(y, y, training=training, return_attention_scores=return_attention_scores, residual=x)
+            if return_attention_scores:
+                x, scores = x
+            x = self.mlp(self.norm_2(x), training=training, residual=x)
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):

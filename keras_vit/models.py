@@ -14,7 +14,7 @@ import keras
 
 from keras_vit import hybrid
 from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, decode_variant, variant_names
-from keras_vit.layers import LAYER_NORM_EPSILON, Patches, PatchEncoder, TokenPooling, TransformerBlock
+from keras_vit.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
 @contextlib.contextmanager
@@ -146,7 +146,7 @@ class VisionTransformer(keras.Model):
                     drop_path_rate=rate,
                     name=f"encoderblock_{i}",
                 )(x)
-            x = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
+            x = LayerNorm(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
             x = TokenPooling(pooling, name="pool")(x)
             if representation_size:
                 x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
@@ -329,6 +329,20 @@ def forward_flops(model: VisionTransformer) -> int:
         elif isinstance(layer, hybrid.BottleneckUnit):
             flops += layer.flops(layer.input.shape)
     return flops
+
+
+def variant_forward_flops(variant: str, image_size: int = 224, num_classes: int = 1000) -> int:
+    """:func:`forward_flops` of ``ViT(variant, image_size, num_classes)`` (class token, no
+    pre-logits, no ResNet), from the variant's numbers alone, without building the model."""
+    spec = decode_variant(variant)
+    if spec.resnet is not None:
+        raise ValueError(f"variant_forward_flops covers plain ViTs; {variant!r} is a hybrid (use forward_flops).")
+    height, width = as_pair(image_size, "image_size")
+    patches = (height // spec.patch_size[0]) * (width // spec.patch_size[1])
+    tokens, hidden = patches + 1, spec.hidden_size
+    block = 2 * tokens * hidden * 4 * hidden + 2 * 2 * tokens * tokens * hidden + 2 * 2 * tokens * hidden * spec.mlp_dim
+    embedding = 2 * patches * spec.patch_size[0] * spec.patch_size[1] * 3 * hidden
+    return embedding + spec.num_layers * block + 2 * hidden * num_classes
 
 
 HYBRID_BUILDERS = {

@@ -29,7 +29,7 @@ def test_unknown_case_is_reported_as_an_error():
 
 def test_cli_writes_json_and_a_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    status = main(["benchmark", "--variant", "Ti/16", "--mode", "training", "--image-size", "32", "--batch", "2", "--seconds", "0.5", "--json", str(path)])
+    status = main(["benchmark", "--variant", "Ti/16", "--mode", "training", "--image-size", "32", "--batch", "2", "--seconds", "0.5", "--peers", "none", "--json", str(path)])
     out = capsys.readouterr().out
     assert status == 0
     saved = json.loads(path.read_text())
@@ -37,3 +37,33 @@ def test_cli_writes_json_and_a_table(tmp_path, capsys):
     assert kinds == ["matmul", "training"]
     assert saved["machine"]["cores"] >= 1
     assert "| training | keras_vit ViT-Ti/16 | tensorflow | float32 | 2 |" in out
+
+
+def test_variant_flops_without_building_equal_the_built_models_count():
+    import keras_vit
+    from keras_vit.models import forward_flops, variant_forward_flops
+
+    for variant, size, classes in (("Ti/16", 224, 1000), ("S/32", 96, 10), ("B/16", 384, 1000)):
+        assert variant_forward_flops(variant, size, classes) == forward_flops(
+            keras_vit.ViT(variant, image_size=size, num_classes=classes)
+        )
+
+
+def test_keras_hub_peer_is_measured_at_the_same_variant_in_its_own_process():
+    result = benchmark.run_case(
+        dict(case="inference", variant="Ti/16", image_size=32, batch=2, min_seconds=0.2, peer="keras_hub")
+    )
+    assert "error" not in result, result
+    assert result["model"].startswith("keras_hub ") and "ViTImageClassifier" in result["model"]
+    from keras_vit.models import variant_forward_flops
+
+    flops = variant_forward_flops("Ti/16", 32)
+    assert abs(result["flops_per_second"] / result["images_per_second"] - flops) / flops < 1e-9
+
+
+def test_standard_suite_adds_installed_peers_and_cli_refuses_unknown_ones(capsys):
+    cases = benchmark.standard_suite(peers=["keras_hub"])
+    assert [c.get("peer") for c in cases if c["case"] in ("inference", "training")] == [None] * 4 + ["keras_hub"] * 2
+    assert "bfloat16" in [c.get("dtype_policy") for c in cases]
+    assert main(["benchmark", "--variant", "Ti/16", "--peers", "timm"]) == 2
+    assert "Unknown peer 'timm'; expected one of ['keras_hub']" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""TensorFlow forms of the block's hot paths that oneDNN runs as fused CPU kernels.
+
+Each function computes exactly what the ``keras.ops`` form in :mod:`keras_vit.layers`
+computes, written so that TensorFlow's graph optimizer (grappler's remapper, with oneDNN)
+turns it into one kernel where the portable form takes several passes over memory:
+
+- ``dense``: ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]`` becomes one matmul whose epilogue
+  adds the bias, applies the GELU or adds the residual.
+- ``layer_norm``: ``Reshape -> FusedBatchNormV3 -> Reshape -> Mul -> AddV2`` becomes
+  ``_MklLayerNorm`` (one pass instead of about eight), and its gradient is one
+  ``FusedBatchNormGradV3``.
+- ``self_attention``: the query, key and value projections as one matmul with a fused
+  bias, one transpose for all three, the scale folded into the query weights.
+
+The layers use these only on the TensorFlow backend, outside :func:`portable_ops` (the
+export paths trace inside it: TFLite and ONNX have no training-mode batch norm), and
+fall back to the portable form in every case these do not cover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Traces keras_vit layers with standard TensorFlow ops only (for exporters)."""
+    previous = getattr(_state, "portable", False)
+    _state.portable = True
+    try:
+        yield
+    finally:
+        _state.portable = previous
+
+
+def enabled(compute_dtype) -> bool:
+    """Whether the fused forms apply: TensorFlow backend, CPU only, outside portable_ops."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or getattr(_state, "portable", False):
+        return False
+    if compute_dtype not in ("float32", "bfloat16"):  # what oneDNN's fused kernels take
+        return False
+    return not _has_gpu()
+
+
+def _has_gpu() -> bool:
+    # The fusions are oneDNN's (CPU); cuDNN's batch norm also refuses epsilon < 1e-5.
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def dense(x, kernel, bias, activation=None, residual=None, training=False):
+    """``activation(x @ kernel + bias) [+ residual]`` over the last axis of ``x``.
+
+    As 2D ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]``, the pattern oneDNN runs as one
+    matmul with its epilogue. ``activation`` is None or ``"gelu_tanh"``; ``residual`` has
+    the output's shape. With ``training``, the GELU is :func:`gelu_tanh_for_training`
+    instead: the backward pass needs the pre-activation, so the fusion cannot apply.
+    """
+    import tensorflow as tf
+
+    y = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, x.shape[-1])), kernel), bias)
+    if activation == "gelu_tanh":
+        y = gelu_tanh_for_training(y) if training else tf.nn.gelu(y, approximate=True)
+    elif activation is not None:
+        raise ValueError(f"Unknown activation {activation!r}; expected None or 'gelu_tanh'.")
+    if residual is not None:
+        y = y + tf.reshape(residual, (-1, kernel.shape[-1]))
+    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [kernel.shape[-1]]], axis=0))
+
+
+_GELU_C1 = 2.0 * (2.0 / 3.141592653589793) ** 0.5
+_GELU_C2 = _GELU_C1 * 0.044715
+
+
+def gelu_tanh_for_training(z):
+    """The tanh GELU with a hand-written gradient, in fewer elementwise passes.
+
+    ``0.5 z (1 + tanh(a))`` with ``a = sqrt(2/pi) (z + 0.044715 z^3)`` equals
+    ``z sigmoid(2a)``; its derivative is ``s + z s (1 - s) (C1 + 3 C2 z^2)`` with
+    ``s = sigmoid(2a)``. Autodiff of TensorFlow's form takes about twice the passes.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def gelu(z):
+        gate = tf.sigmoid(z * (_GELU_C1 + _GELU_C2 * tf.square(z)))
+
+        def gradient(upstream):
+            slope = gate + z * gate * (1.0 - gate) * (_GELU_C1 + 3.0 * _GELU_C2 * tf.square(z))
+            return upstream * slope
+
+        return z * gate, gradient
+
+    return gelu(z)
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis of a rank-2 or rank-3 ``x`` (float32 or bfloat16).
+
+    oneDNN computes the statistics in float32 for either input type, as Keras's
+    LayerNormalization does; the output has ``x``'s dtype. Feeding bfloat16 directly
+    (rather than casting it up first) keeps the fusable pattern intact: the graph
+    optimizer would otherwise move the cast between the reshape and the batch norm.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    width = x.shape[-1]
+    rows = tf.reshape(tf.reduce_prod(shape[:-1]), [1])
+    # The remapper fuses only when the unit scale and zero offset are Fills of a runtime
+    # size; with static shapes constant folding would turn them into constants first.
+    rows = tf.compat.v1.placeholder_with_default(rows, shape=[1])
+    empty = tf.constant([], tf.float32)
+    # The raw op, because tf.nn.fused_batch_norm raises epsilon to cuDNN's minimum 1.001e-5.
+    normalized = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(x, tf.concat([[1], rows, [width, 1]], axis=0)),
+        scale=tf.fill(rows, 1.0),
+        offset=tf.fill(rows, 0.0),
+        mean=empty,
+        variance=empty,
+        epsilon=float(epsilon),
+        data_format="NCHW",
+        is_training=True,
+    )[0]
+    return tf.reshape(normalized, shape) * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
+
+
+def self_attention(x, query, key, value, output, scale, dropout=None, return_scores=False, residual=None):
+    """Multi-head self-attention of ``x`` (B, T, D) with Keras MultiHeadAttention weights.
+
+    Args:
+        x: (B, T, D) tokens in the compute dtype.
+        query, key, value: (kernel (D, H, d), bias (H, d)) pairs in the compute dtype.
+        output: (kernel (H, d, D), bias (D,)) in the compute dtype.
+        scale: the logits' scale, 1 / sqrt(d).
+        dropout: None, or a function applied to the attention probabilities.
+        return_scores: also return the (B, H, T, T) probabilities.
+        residual: None, or (B, T, D) added to the output (fused into the last matmul).
+    """
+    import tensorflow as tf
+
+    width = x.shape[-1]
+    _, heads, head_dim = query[0].shape
+    scale = tf.cast(scale, x.dtype)
+    kernel = tf.concat(
+        [tf.reshape(query[0] * scale, (width, -1)), tf.reshape(key[0], (width, -1)), tf.reshape(value[0], (width, -1))],
+        axis=1,
+    )
+    bias = tf.concat([tf.reshape(query[1] * scale, (-1,)), tf.reshape(key[1], (-1,)), tf.reshape(value[1], (-1,))], axis=0)
+    tokens = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
+    qkv = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, width)), kernel), bias)
+    qkv = tf.transpose(tf.reshape(qkv, (-1, tokens, 3, heads, head_dim)), (2, 0, 3, 1, 4))  # (3, B, H, T, d)
+    # unstack, not qkv[i]: a strided slice's gradient writes a zero-filled full-size tensor.
+    q, k, v = tf.unstack(qkv, axis=0)
+    logits = tf.matmul(q, k, transpose_b=True)  # (B, H, T, T)
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    weights = probabilities if dropout is None else dropout(probabilities)
+    attended = tf.transpose(tf.matmul(weights, v), (0, 2, 1, 3))  # (B, T, H, d)
+    attended = tf.reshape(attended, (-1, tokens, heads * head_dim))
+    y = dense(attended, tf.reshape(output[0], (heads * head_dim, -1)), output[1], residual=residual)
+    return (y, probabilities) if return_scores else y

@@ -1,0 +1,145 @@
+"""The fused TensorFlow forms compute what the portable keras.ops forms compute, and fuse."""
+
+import collections
+import glob
+import re
+
+import keras
+import numpy as np
+import pytest
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("TensorFlow-only kernels", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+
+import keras_vit  # noqa: E402
+from keras_vit import layers, tf_kernels  # noqa: E402
+
+
+def _small_model(policy="float32", seed=0, **kwargs):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = keras_vit.ViT("Ti/16", image_size=32, num_classes=5, **kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:  # non-trivial weights everywhere (the head starts at zero)
+        weight.assign(rng.normal(0, 0.2, weight.shape).astype(weight.dtype))
+    return model
+
+
+def _forward_and_gradients(model, images, labels):
+    with tf.GradientTape() as tape:
+        logits = tf.cast(model(images, training=True), tf.float32)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    return logits, tape.gradient(loss, model.trainable_variables)
+
+
+def test_fused_forms_are_used_and_match_the_portable_forms_forward_and_backward():
+    model = _small_model()
+    images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+    labels = np.array([0, 3, 4])
+    assert tf_kernels.enabled("float32")
+    fused_step = tf.function(lambda x, y: _forward_and_gradients(model, x, y))
+    fused_graph = fused_step.get_concrete_function(images, labels).graph
+    fused_ops = {op.type for op in fused_graph.get_operations()}
+    with tf_kernels.portable_ops():
+        assert not tf_kernels.enabled("float32")
+        portable_step = tf.function(lambda x, y: _forward_and_gradients(model, x, y))
+        portable_ops = {op.type for op in portable_step.get_concrete_function(images, labels).graph.get_operations()}
+    assert "FusedBatchNormV3" in fused_ops and "FusedBatchNormV3" not in portable_ops
+    logits, gradients = fused_step(images, labels)
+    reference_logits, reference_gradients = portable_step(images, labels)
+    np.testing.assert_allclose(logits.numpy(), reference_logits.numpy(), atol=1e-5)
+    for variable, ours, reference in zip(model.trainable_variables, gradients, reference_gradients):
+        if variable.path.endswith("key/bias"):
+            continue  # its true gradient is 0 (softmax ignores a per-query constant): both are round-off
+        scale = max(float(np.abs(reference.numpy()).max()), 1e-3)
+        assert np.abs(ours.numpy() - reference.numpy()).max() <= 1e-4 * scale, variable.path
+
+
+def test_bfloat16_fused_forms_match_the_portable_forms():
+    model = _small_model("mixed_bfloat16")
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    fused = model.predict(images, verbose=0).astype("float32")
+    with tf_kernels.portable_ops():
+        portable = tf.function(lambda x: model(x, training=False))(images).numpy().astype("float32")
+    # bfloat16 keeps 8 bits of mantissa: agreement to a few parts in a hundred of the scale.
+    assert np.abs(fused - portable).max() <= 0.03 * np.abs(portable).max()
+
+
+def test_layer_norm_keeps_epsilon_1e_6_where_it_matters():
+    # Tokens of tiny variance: epsilon 1e-6 and cuDNN's minimum 1.001e-5 give different outputs.
+    x = np.random.default_rng(3).normal(0, 3e-3, (2, 5, 16)).astype("float32")
+    ours = layers.LayerNorm(epsilon=1e-6)
+    ours.build(x.shape)
+    keras_norm = keras.layers.LayerNormalization(epsilon=1e-6)
+    keras_norm.build(x.shape)
+    gamma = np.random.default_rng(4).normal(size=16).astype("float32")
+    for layer in (ours, keras_norm):
+        layer.set_weights([gamma, np.linspace(-1, 1, 16).astype("float32")])
+    expected = keras_norm(x).numpy()
+    fused = tf.function(ours)(x).numpy()
+    np.testing.assert_allclose(fused, expected, atol=1e-4)
+    wrong_epsilon = keras.layers.LayerNormalization(epsilon=1.001e-5)
+    wrong_epsilon.build(x.shape)
+    wrong_epsilon.set_weights(keras_norm.get_weights())
+    assert np.abs(wrong_epsilon(x).numpy() - expected).max() > 1e-2
+
+
+def test_gelu_for_training_equals_the_tanh_gelu_and_its_gradient():
+    z = tf.constant(np.linspace(-8, 8, 2001, dtype="float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        ours = tf_kernels.gelu_tanh_for_training(z)
+        reference = tf.nn.gelu(z, approximate=True)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(ours, z).numpy(), tape.gradient(reference, z).numpy(), atol=1e-5)
+
+
+def test_residual_and_gelu_options_of_dense():
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 3, 4)).astype("float32"))
+    kernel = tf.constant(np.random.default_rng(6).normal(size=(4, 6)).astype("float32"))
+    bias = tf.constant(np.arange(6, dtype="float32"))
+    residual = tf.ones((2, 3, 6))
+    expected = tf.nn.gelu(tf.einsum("btd,de->bte", x, kernel) + bias, approximate=True) + residual
+    np.testing.assert_allclose(tf_kernels.dense(x, kernel, bias, "gelu_tanh", residual).numpy(), expected.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown activation 'relu'"):
+        tf_kernels.dense(x, kernel, bias, "relu")
+
+
+def _op_types_executed(function, *args):
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as logdir:
+        function(*args)
+        tf.profiler.experimental.start(logdir)
+        function(*args)
+        tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as handle:
+            space.ParseFromString(handle.read())
+    counts = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                match = re.match(r".*:(\w+)$", plane.event_metadata[event.metadata_id].name)
+                if match:
+                    counts[match.group(1)] += 1
+    return counts
+
+
+def test_inference_runs_as_onednn_fused_kernels():
+    # The point of tf_kernels: after TensorFlow's graph optimizer, each LayerNorm is one
+    # _MklLayerNorm and no elementwise GELU, bias or residual op is left over.
+    model = _small_model()
+    images = np.zeros((2, 32, 32, 3), "float32")
+    executed = _op_types_executed(tf.function(lambda x: model(x, training=False)), images)
+    blocks = 12
+    assert executed["_MklLayerNorm"] >= 2 * blocks
+    assert executed["Tanh"] == 0 and executed["Pow"] == 0  # GELU inside the matmul kernels
+    assert executed["_MklNativeFusedMatMul"] >= 4 * blocks  # qkv, output + residual, MLP x2
