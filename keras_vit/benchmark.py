@@ -199,7 +199,7 @@ def _keras_hub_vit(variant, image_size, num_classes=1000):
         mlp_dim=spec.mlp_dim,
     )
     model = keras_hub.models.ViTImageClassifier(backbone, num_classes=num_classes, activation=None)
-    return model, f"keras_hub {keras_hub.__version__} ViTImageClassifier"
+    return model, f"keras_hub {keras_hub.__version__} ViTImageClassifier ViT-{variant}"
 
 
 def pipeline_case(image_size: int = 224, batch: int = 32, num_images: int = 256, min_seconds: float = 10.0) -> Dict:
