@@ -171,6 +171,68 @@ def model_case(
     }
 
 
+def compare_fused_and_portable(
+    mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
+    dtype_policy: str = "float32", rounds: int = 8,
+) -> Dict:
+    """One model traced twice, with :mod:`keras_vit.tf_kernels`'s fused forms and under
+    ``portable_ops()`` (plain Keras forms), timed alternately with the matmul peak.
+
+    Returns images/s and the fraction of the matmul rate for both, on TensorFlow.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_vit import tf_kernels
+
+    model, flops = _build(variant, image_size, dtype_policy)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 1000, batch))
+    if mode == "inference":
+        def step(x, y):
+            return model(x, training=False)
+    elif mode == "training":
+        optimizer = keras.optimizers.AdamW(1e-4)
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        flops *= 3
+
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+            return loss
+    else:
+        raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
+    fused = tf.function(step)
+    fused.get_concrete_function(images, labels)
+    with tf_kernels.portable_ops():
+        portable = tf.function(step)
+        portable.get_concrete_function(images, labels)
+    matmul, matmul_flops = matmul_runner(keras.DTypePolicy(dtype_policy).compute_dtype)
+    runs = {
+        "fused": lambda: np.asarray(fused(images, labels)),
+        "portable": lambda: np.asarray(portable(images, labels)),
+        "matmul": matmul,
+    }
+    durations = {name: [] for name in runs}
+    for _ in range(2):  # warm-up
+        for run in runs.values():
+            run()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            begin = time.perf_counter()
+            run()
+            durations[name].append(time.perf_counter() - begin)
+    peak = matmul_flops / float(np.median(durations["matmul"]))
+    result = {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy, "matmul_flops_per_second": peak}
+    for name in ("fused", "portable"):
+        seconds = float(np.median(durations[name]))
+        result[name] = {"images_per_second": batch / seconds, "fraction_of_matmul_rate": batch * flops / seconds / peak}
+    return result
+
+
 PEERS = ("keras_hub",)
 
 

@@ -67,3 +67,14 @@ def test_standard_suite_adds_installed_peers_and_cli_refuses_unknown_ones(capsys
     assert "bfloat16" in [c.get("dtype_policy") for c in cases]
     assert main(["benchmark", "--variant", "Ti/16", "--peers", "timm"]) == 2
     assert "Unknown peer 'timm'; expected one of ['keras_hub']" in capsys.readouterr().err
+
+
+def test_fused_and_portable_comparison_reports_both_forms_on_one_peak():
+    from keras_vit.models import variant_forward_flops
+
+    result = benchmark.compare_fused_and_portable("training", "Ti/16", image_size=32, batch=2, rounds=2)
+    step_flops = 3 * variant_forward_flops("Ti/16", 32)  # forward + backward per image
+    for name in ("fused", "portable"):
+        figures = result[name]
+        implied = figures["fraction_of_matmul_rate"] * result["matmul_flops_per_second"] / figures["images_per_second"]
+        assert abs(implied - step_flops) < 1e-6 * step_flops
