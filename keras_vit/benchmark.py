@@ -27,36 +27,24 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _time_calls(function, min_seconds: float, min_calls: int = 3, warmup: int = 2) -> float:
-    """Median seconds per call over at least ``min_calls`` calls and ``min_seconds``."""
-    for _ in range(warmup):
-        function()
-    durations = []
-    start = time.perf_counter()
-    while len(durations) < min_calls or time.perf_counter() - start < min_seconds:
-        begin = time.perf_counter()
-        function()
-        durations.append(time.perf_counter() - begin)
-    return float(np.median(durations))
+def _time_interleaved(functions, min_seconds: float, min_calls: int = 3, warmup: int = 2) -> List[float]:
+    """Median seconds per call of each function (at least ``min_calls`` calls each and
+    ``min_seconds`` in all), called in turn, round after round.
 
-
-def _time_interleaved(first, second, min_seconds: float, min_calls: int = 3, warmup: int = 2):
-    """Median seconds per call of two functions, called alternately.
-
-    The machine's speed drifts (a shared VM): timing the model and the matmul peak in
+    The machine's speed drifts (a shared VM): timing a model and the matmul peak in
     alternation gives their ratio under the same conditions.
     """
     for _ in range(warmup):
-        first()
-        second()
-    durations = ([], [])
+        for function in functions:
+            function()
+    durations = [[] for _ in functions]
     start = time.perf_counter()
     while len(durations[0]) < min_calls or time.perf_counter() - start < min_seconds:
-        for function, record in zip((first, second), durations):
+        for function, record in zip(functions, durations):
             begin = time.perf_counter()
             function()
             record.append(time.perf_counter() - begin)
-    return float(np.median(durations[0])), float(np.median(durations[1]))
+    return [float(np.median(record)) for record in durations]
 
 
 # --------------------------------------------------------------------------- cases
@@ -92,7 +80,7 @@ def matmul_case(dtype: str = "float32", size: int = MATMUL_SIZE, min_seconds: fl
     import keras
 
     run, flops = matmul_runner(dtype, size)
-    seconds = _time_calls(run, min_seconds)
+    (seconds,) = _time_interleaved([run], min_seconds)
     return {"case": "matmul", "backend": keras.backend.backend(), "dtype": dtype, "size": size, "flops_per_second": flops / seconds}
 
 
@@ -153,7 +141,7 @@ def model_case(
     # the model in this process, so that both see the same machine.
     compute_dtype = keras.DTypePolicy(dtype_policy).compute_dtype
     matmul, matmul_flops = matmul_runner(compute_dtype)
-    seconds, matmul_seconds = _time_interleaved(run, matmul, min_seconds)
+    seconds, matmul_seconds = _time_interleaved([run, matmul], min_seconds)
     peak = matmul_flops / matmul_seconds
     return {
         "case": mode,
@@ -211,24 +199,14 @@ def compare_fused_and_portable(
         portable = tf.function(step)
         portable.get_concrete_function(images, labels)
     matmul, matmul_flops = matmul_runner(keras.DTypePolicy(dtype_policy).compute_dtype)
-    runs = {
-        "fused": lambda: np.asarray(fused(images, labels)),
-        "portable": lambda: np.asarray(portable(images, labels)),
-        "matmul": matmul,
-    }
-    durations = {name: [] for name in runs}
-    for _ in range(2):  # warm-up
-        for run in runs.values():
-            run()
-    for _ in range(rounds):
-        for name, run in runs.items():
-            begin = time.perf_counter()
-            run()
-            durations[name].append(time.perf_counter() - begin)
-    peak = matmul_flops / float(np.median(durations["matmul"]))
+    fused_seconds, portable_seconds, matmul_seconds = _time_interleaved(
+        [lambda: np.asarray(fused(images, labels)), lambda: np.asarray(portable(images, labels)), matmul],
+        min_seconds=0.0,
+        min_calls=rounds,
+    )
+    peak = matmul_flops / matmul_seconds
     result = {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy, "matmul_flops_per_second": peak}
-    for name in ("fused", "portable"):
-        seconds = float(np.median(durations[name]))
+    for name, seconds in (("fused", fused_seconds), ("portable", portable_seconds)):
         result[name] = {"images_per_second": batch / seconds, "fraction_of_matmul_rate": batch * flops / seconds / peak}
     return result
 
@@ -280,7 +258,7 @@ def pipeline_case(image_size: int = 224, batch: int = 32, num_images: int = 256,
         dataset = dataset.repeat()
         iterator = iter(dataset)
         next(iterator)
-        seconds = _time_calls(lambda: next(iterator), min_seconds, min_calls=10, warmup=3)
+        (seconds,) = _time_interleaved([lambda: next(iterator)], min_seconds, min_calls=10, warmup=3)
     del tf
     return {"case": "pipeline", "image_size": image_size, "batch": batch, "images_per_second": batch / seconds}
 
@@ -370,6 +348,19 @@ def _child_main(argv: Optional[List[str]] = None) -> None:
 def installed_peers() -> List[str]:
     """The peer implementations importable here, benchmarked beside keras_vit."""
     return [peer for peer in PEERS if peer_installed(peer)]
+
+
+def select_peers(spec: str) -> List[str]:
+    """Peers named by ``spec``: ``"installed"``, ``"none"`` or a comma list of installed peers."""
+    if spec == "installed":
+        return installed_peers()
+    if spec == "none":
+        return []
+    peers = spec.split(",")
+    missing = [peer for peer in peers if not peer_installed(peer)]
+    if missing:
+        raise ValueError(f"--peers {spec}: {missing} not installed here; installed: {installed_peers()}.")
+    return peers
 
 
 def standard_suite(backends=("tensorflow",), peers=None) -> List[Dict]:

@@ -410,15 +410,7 @@ def _run_benchmark(args):
     from keras_vit import benchmark
 
     backends = args.backend.split(",")
-    if args.peers == "installed":
-        peers = benchmark.installed_peers()
-    elif args.peers == "none":
-        peers = []
-    else:
-        peers = args.peers.split(",")
-        missing = [peer for peer in peers if not benchmark.peer_installed(peer)]
-        if missing:
-            raise ValueError(f"--peers {args.peers}: {missing} not installed here; installed: {benchmark.installed_peers()}.")
+    peers = benchmark.select_peers(args.peers)
     if args.variant:
         cases = benchmark.custom_suite(
             args.variant, args.mode.split(","), args.dtype.split(","), backends,

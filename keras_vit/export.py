@@ -238,6 +238,14 @@ def _describe_errors(errors):
 
 
 # --------------------------------------------------------------------------- writers
+def _exported_call(model, images):
+    # Every exported graph traces the plain Keras forms: TFLite and ONNX have no
+    # training-mode batch norm (tf_kernels.layer_norm), and a SavedModel may be served on
+    # GPUs, whose cuDNN batch norm refuses epsilon 1e-6.
+    with portable_ops():
+        return model(images, training=False)
+
+
 def _float_function(model):
     import tensorflow as tf
 
@@ -246,7 +254,7 @@ def _float_function(model):
 
     @tf.function(input_signature=[spec])
     def serve_images(images):
-        return {"outputs": model(images, training=False)}
+        return {"outputs": _exported_call(model, images)}
 
     return serve_images
 
@@ -302,7 +310,7 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
     def serve_images(images):
-        outputs = model(images, training=False)
+        outputs = _exported_call(model, images)
         return {"outputs": outputs, "probabilities": _probabilities(outputs, output_kind)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
@@ -312,7 +320,7 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
             images,
             fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32),
         )
-        probabilities = _probabilities(model(pixels, training=False), output_kind)
+        probabilities = _probabilities(_exported_call(model, pixels), output_kind)
         top = tf.math.top_k(probabilities, k=top_k)
         return {
             "probabilities": probabilities,
@@ -321,12 +329,11 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
             "top_k_names": tf.gather(names, top.indices),
         }
 
-    with portable_ops():  # a SavedModel may be served on GPUs or converted further
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
-        archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
-        archive.write_out(directory, verbose=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
+    archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
+    archive.write_out(directory, verbose=False)
     return directory
 
 
@@ -335,11 +342,10 @@ def _float_savedmodel(model, directory):
     # instead leaves VAR_HANDLE/READ_VARIABLE ops that a plain interpreter never initialises.
     import keras
 
-    with portable_ops():  # TFLite has no training-mode batch norm (tf_kernels.layer_norm)
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
-        archive.write_out(directory, verbose=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
+    archive.write_out(directory, verbose=False)
     return directory
 
 
@@ -448,10 +454,9 @@ def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
         raise ValueError(f"ONNX opset must be at least {DEFAULT_OPSET}; got {opset}.")
     function = _float_function(model)
     try:
-        with portable_ops():  # ONNX has no training-mode batch norm (tf_kernels.layer_norm)
-            onnx_model, _ = tf2onnx.convert.from_function(
-                function, input_signature=function.input_signature, opset=int(opset)
-            )
+        onnx_model, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=int(opset)
+        )
     except Exception as error:  # tf2onnx raises many kinds
         raise RuntimeError(f"ONNX conversion of {path} failed: {error}") from error
     onnx_model.graph.output[0].name = _rename_output(onnx_model, "outputs")

@@ -365,9 +365,11 @@ class MLP(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SelfAttention(keras.layers.MultiHeadAttention):
-    """Keras ``MultiHeadAttention`` (same weights, same math) with a leaner attention core.
+    """Keras ``MultiHeadAttention`` (same weights, same math) with leaner self-attention.
 
-    Without masks, the scores are two batched matmuls over (B, heads, T, head_dim) and a
+    On TensorFlow CPUs, unmasked self-attention runs as :func:`keras_vit.tf_kernels.self_attention`
+    (one fused Q/K/V matmul, the optional ``residual`` added in the output matmul). Elsewhere,
+    without masks, the scores are two batched matmuls over (B, heads, T, head_dim) and a
     softmax; Keras's general path (einsum equations, or ``dot_product_attention``'s
     TensorFlow fallback) spends about 40% more time there on CPU. Masks and causal
     attention, which a ViT does not use, go to the parent's implementation.

@@ -306,6 +306,13 @@ ViTR50_B16 = _builder("R50+B/16")
 ViTR50_L32 = _builder("R50+L/32")
 
 
+def _block_flops(tokens: int, width: int, mlp_dim: int) -> int:
+    # One encoder block's matrix products over ``tokens`` tokens of ``width``.
+    projections = 2 * tokens * width * 4 * width  # q, k, v and output projections
+    attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
+    return projections + attention + 2 * 2 * tokens * width * mlp_dim
+
+
 def forward_flops(model: VisionTransformer) -> int:
     """Multiply-add FLOPs (2 per multiply-accumulate) of one image's forward pass.
 
@@ -320,10 +327,7 @@ def forward_flops(model: VisionTransformer) -> int:
         elif isinstance(layer, PatchEncoder):
             flops += 2 * layer.num_patches * layer.projection.kernel.shape[0] * layer.hidden_size
         elif isinstance(layer, TransformerBlock):
-            tokens, width = layer.output.shape[1], layer.output.shape[2]
-            flops += 2 * tokens * width * 4 * width  # q, k, v and output projections
-            flops += 2 * 2 * tokens * tokens * width  # scores and weighted sum
-            flops += 2 * 2 * tokens * width * layer.mlp_dim
+            flops += _block_flops(layer.output.shape[1], layer.output.shape[2], layer.mlp_dim)
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
         elif isinstance(layer, hybrid.BottleneckUnit):
@@ -339,10 +343,10 @@ def variant_forward_flops(variant: str, image_size: int = 224, num_classes: int 
         raise ValueError(f"variant_forward_flops covers plain ViTs; {variant!r} is a hybrid (use forward_flops).")
     height, width = as_pair(image_size, "image_size")
     patches = (height // spec.patch_size[0]) * (width // spec.patch_size[1])
-    tokens, hidden = patches + 1, spec.hidden_size
-    block = 2 * tokens * hidden * 4 * hidden + 2 * 2 * tokens * tokens * hidden + 2 * 2 * tokens * hidden * spec.mlp_dim
+    hidden = spec.hidden_size
     embedding = 2 * patches * spec.patch_size[0] * spec.patch_size[1] * 3 * hidden
-    return embedding + spec.num_layers * block + 2 * hidden * num_classes
+    blocks = spec.num_layers * _block_flops(patches + 1, hidden, spec.mlp_dim)
+    return embedding + blocks + 2 * hidden * num_classes
 
 
 HYBRID_BUILDERS = {

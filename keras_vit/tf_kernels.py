@@ -20,6 +20,7 @@ fall back to the portable form in every case these do not cover.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 _state = threading.local()
@@ -47,8 +48,11 @@ def enabled(compute_dtype) -> bool:
     return not _has_gpu()
 
 
+@functools.lru_cache(maxsize=None)
 def _has_gpu() -> bool:
     # The fusions are oneDNN's (CPU); cuDNN's batch norm also refuses epsilon < 1e-5.
+    # Cached: logical devices are fixed once TensorFlow has started, and eager calls
+    # would otherwise list them in every layer of every forward pass.
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
