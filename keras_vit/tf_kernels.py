@@ -11,6 +11,9 @@ turns it into one kernel where the portable form takes several passes over memor
   ``FusedBatchNormGradV3``.
 - ``self_attention``: the query, key and value projections as one matmul with a fused
   bias, one transpose for all three, the scale folded into the query weights.
+- ``gelu_tanh_for_training``: in training, where the GELU cannot live in the matmul's
+  epilogue (its gradient needs the pre-activation), it and its gradient are each one
+  XLA-compiled elementwise loop.
 
 The layers use these only on the TensorFlow backend, outside :func:`portable_ops` (the
 export paths trace inside it: TFLite and ONNX have no training-mode batch norm), and
@@ -83,25 +86,44 @@ _GELU_C2 = _GELU_C1 * 0.044715
 
 
 def gelu_tanh_for_training(z):
-    """The tanh GELU with a hand-written gradient, in fewer elementwise passes.
+    """The tanh GELU with a hand-written gradient, each direction one pass over memory.
 
     ``0.5 z (1 + tanh(a))`` with ``a = sqrt(2/pi) (z + 0.044715 z^3)`` equals
     ``z sigmoid(2a)``; its derivative is ``s + z s (1 - s) (C1 + 3 C2 z^2)`` with
-    ``s = sigmoid(2a)``. Autodiff of TensorFlow's form takes about twice the passes.
+    ``s = sigmoid(2a)``. Both directions are XLA-compiled, so that their elementwise
+    chains (six ops forward, nine backward, each a memory-bound pass over the
+    (B T, mlp_dim) activations) run as one loop each: a ViT-S/16 training step at batch 32
+    got 1.06-1.08x faster. (The same treatment of the softmax and the LayerNorm's scale
+    and shift measured slower: XLA's CPU reductions lose to TensorFlow's.)
     """
     import tensorflow as tf
 
+    forward, backward = _xla_gelu_functions()
+
     @tf.custom_gradient
     def gelu(z):
-        gate = tf.sigmoid(z * (_GELU_C1 + _GELU_C2 * tf.square(z)))
-
-        def gradient(upstream):
-            slope = gate + z * gate * (1.0 - gate) * (_GELU_C1 + 3.0 * _GELU_C2 * tf.square(z))
-            return upstream * slope
-
-        return z * gate, gradient
+        return forward(z), lambda upstream: backward(z, upstream)
 
     return gelu(z)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_gelu_functions():
+    import tensorflow as tf
+
+    def gate(z):
+        return tf.sigmoid(z * (_GELU_C1 + _GELU_C2 * tf.square(z)))
+
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(z):
+        return z * gate(z)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def backward(z, upstream):
+        s = gate(z)
+        return upstream * (s + z * s * (1.0 - s) * (_GELU_C1 + 3.0 * _GELU_C2 * tf.square(z)))
+
+    return forward, backward
 
 
 def layer_norm(x, gamma, beta, epsilon):

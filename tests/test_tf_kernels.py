@@ -143,3 +143,16 @@ def test_inference_runs_as_onednn_fused_kernels():
     assert executed["_MklLayerNorm"] >= 2 * blocks
     assert executed["Tanh"] == 0 and executed["Pow"] == 0  # GELU inside the matmul kernels
     assert executed["_MklNativeFusedMatMul"] >= 4 * blocks  # qkv, output + residual, MLP x2
+
+
+def test_training_runs_the_gelu_as_one_xla_kernel_each_way():
+    # In training the MLP's GELU and its gradient are each one XLA executable per block
+    # (24 for 12 blocks); no elementwise GELU op of TensorFlow's is left in the step.
+    model = _small_model()
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    step = tf.function(lambda x, y: _forward_and_gradients(model, x, y))
+    executed = _op_types_executed(step, images, np.array([1, 2]))
+    blocks = 12
+    assert executed["ExecuteAsyncOnStream"] == 2 * blocks
+    assert executed["Sigmoid"] == 0 and executed["Tanh"] == 0 and executed["Square"] == 0
+    assert executed["_MklNativeFusedBatchNormGradV3"] == 2 * blocks + 1  # LayerNorm gradients
