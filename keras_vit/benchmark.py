@@ -10,6 +10,7 @@ the same dtype measured in the same run, the fraction achieved, and the peak res
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -28,22 +29,31 @@ def _peak_rss_mib() -> float:
 
 
 def _time_interleaved(functions, min_seconds: float, min_calls: int = 3, warmup: int = 2) -> List[float]:
-    """Median seconds per call of each function (at least ``min_calls`` calls each and
+    """Median seconds per call of each function (at least ``min_calls`` rounds and
     ``min_seconds`` in all), called in turn, round after round.
 
     The machine's speed drifts (a shared VM): timing a model and the matmul peak in
-    alternation gives their ratio under the same conditions.
+    alternation gives their ratio under the same conditions. Within a round each function
+    runs about as long as the slowest one (a 50 ms matmul repeated to match a 3 s training
+    step), so that both sample the same stretches of time equally.
     """
     for _ in range(warmup):
         for function in functions:
             function()
+    single = []
+    for function in functions:
+        begin = time.perf_counter()
+        function()
+        single.append(max(time.perf_counter() - begin, 1e-6))
+    repeats = [int(min(50, max(1, round(max(single) / seconds)))) for seconds in single]
     durations = [[] for _ in functions]
     start = time.perf_counter()
     while len(durations[0]) < min_calls or time.perf_counter() - start < min_seconds:
-        for function, record in zip(functions, durations):
+        for function, count, record in zip(functions, repeats, durations):
             begin = time.perf_counter()
-            function()
-            record.append(time.perf_counter() - begin)
+            for _ in range(count):
+                function()
+            record.append((time.perf_counter() - begin) / count)
     return [float(np.median(record)) for record in durations]
 
 
@@ -141,7 +151,7 @@ def model_case(
     # the model in this process, so that both see the same machine.
     compute_dtype = keras.DTypePolicy(dtype_policy).compute_dtype
     matmul, matmul_flops = matmul_runner(compute_dtype)
-    seconds, matmul_seconds = _time_interleaved([run, matmul], min_seconds)
+    seconds, matmul_seconds = _time_interleaved([run, matmul], min_seconds, min_calls=5)
     peak = matmul_flops / matmul_seconds
     return {
         "case": mode,
@@ -163,10 +173,12 @@ def compare_fused_and_portable(
     mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
     dtype_policy: str = "float32", rounds: int = 8,
 ) -> Dict:
-    """One model traced twice, with :mod:`keras_vit.tf_kernels`'s fused forms and under
-    ``portable_ops()`` (plain Keras forms), timed alternately with the matmul peak.
+    """One model traced with :mod:`keras_vit.tf_kernels`'s fused forms and under
+    ``portable_ops()`` (plain Keras forms), and in training also under ``without_xla()``,
+    each form timed in turn with the matmul peak.
 
-    Returns images/s and the fraction of the matmul rate for both, on TensorFlow.
+    Returns images/s and the fraction of the matmul rate of each form (``result["forms"]``
+    names them), on TensorFlow.
     """
     import keras
     import tensorflow as tf
@@ -193,20 +205,26 @@ def compare_fused_and_portable(
             return loss
     else:
         raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
-    fused = tf.function(step)
-    fused.get_concrete_function(images, labels)
-    with tf_kernels.portable_ops():
-        portable = tf.function(step)
-        portable.get_concrete_function(images, labels)
+    # Each form traced in its own context; "fused_without_xla" (training only) is the fused
+    # kernels with the training GELU as plain TensorFlow ops rather than XLA loops.
+    contexts = {"fused": contextlib.nullcontext, "portable": tf_kernels.portable_ops}
+    if mode == "training":
+        contexts = dict(fused=contexts["fused"], fused_without_xla=tf_kernels.without_xla, portable=contexts["portable"])
+    forms = {}
+    for name, context in contexts.items():
+        with context():
+            forms[name] = tf.function(step)
+            forms[name].get_concrete_function(images, labels)
     matmul, matmul_flops = matmul_runner(keras.DTypePolicy(dtype_policy).compute_dtype)
-    fused_seconds, portable_seconds, matmul_seconds = _time_interleaved(
-        [lambda: np.asarray(fused(images, labels)), lambda: np.asarray(portable(images, labels)), matmul],
+    *form_seconds, matmul_seconds = _time_interleaved(
+        [(lambda form=form: np.asarray(form(images, labels))) for form in forms.values()] + [matmul],
         min_seconds=0.0,
         min_calls=rounds,
     )
     peak = matmul_flops / matmul_seconds
     result = {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy, "matmul_flops_per_second": peak}
-    for name, seconds in (("fused", fused_seconds), ("portable", portable_seconds)):
+    result["forms"] = list(forms)
+    for name, seconds in zip(forms, form_seconds):
         result[name] = {"images_per_second": batch / seconds, "fraction_of_matmul_rate": batch * flops / seconds / peak}
     return result
 

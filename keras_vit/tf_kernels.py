@@ -40,6 +40,20 @@ def portable_ops():
         _state.portable = previous
 
 
+@contextlib.contextmanager
+def without_xla():
+    """Traces the training GELU as plain TensorFlow ops instead of XLA-compiled loops.
+
+    For TensorFlow builds without XLA's CPU JIT, and for before/after measurements.
+    """
+    previous = getattr(_state, "without_xla", False)
+    _state.without_xla = True
+    try:
+        yield
+    finally:
+        _state.without_xla = previous
+
+
 def enabled(compute_dtype) -> bool:
     """Whether the fused forms apply: TensorFlow backend, CPU only, outside portable_ops."""
     import keras
@@ -98,7 +112,7 @@ def gelu_tanh_for_training(z):
     """
     import tensorflow as tf
 
-    forward, backward = _xla_gelu_functions()
+    forward, backward = _gelu_functions(xla=not getattr(_state, "without_xla", False))
 
     @tf.custom_gradient
     def gelu(z):
@@ -108,22 +122,22 @@ def gelu_tanh_for_training(z):
 
 
 @functools.lru_cache(maxsize=None)
-def _xla_gelu_functions():
+def _gelu_functions(xla: bool):
     import tensorflow as tf
 
     def gate(z):
         return tf.sigmoid(z * (_GELU_C1 + _GELU_C2 * tf.square(z)))
 
-    @tf.function(jit_compile=True, autograph=False)
     def forward(z):
         return z * gate(z)
 
-    @tf.function(jit_compile=True, autograph=False)
     def backward(z, upstream):
         s = gate(z)
         return upstream * (s + z * s * (1.0 - s) * (_GELU_C1 + 3.0 * _GELU_C2 * tf.square(z)))
 
-    return forward, backward
+    if not xla:
+        return forward, backward
+    return tf.function(forward, jit_compile=True, autograph=False), tf.function(backward, jit_compile=True, autograph=False)
 
 
 def layer_norm(x, gamma, beta, epsilon):

@@ -22,9 +22,9 @@ def main():
     result = benchmark.compare_fused_and_portable(
         args.mode, args.variant, args.image_size, args.batch, args.dtype, args.rounds
     )
-    for name in ("fused", "portable"):
+    for name in result["forms"]:
         figures = result[name]
-        print(f"{name:9s} {figures['images_per_second']:7.2f} images/s  {100 * figures['fraction_of_matmul_rate']:5.1f}% of the matmul rate")
+        print(f"{name:18s} {figures['images_per_second']:7.2f} images/s  {100 * figures['fraction_of_matmul_rate']:5.1f}% of the matmul rate")
     print(json.dumps(result))
 
 

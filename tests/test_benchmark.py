@@ -74,7 +74,28 @@ def test_fused_and_portable_comparison_reports_both_forms_on_one_peak():
 
     result = benchmark.compare_fused_and_portable("training", "Ti/16", image_size=32, batch=2, rounds=2)
     step_flops = 3 * variant_forward_flops("Ti/16", 32)  # forward + backward per image
-    for name in ("fused", "portable"):
+    assert result["forms"] == ["fused", "fused_without_xla", "portable"]
+    for name in result["forms"]:
         figures = result[name]
         implied = figures["fraction_of_matmul_rate"] * result["matmul_flops_per_second"] / figures["images_per_second"]
         assert abs(implied - step_flops) < 1e-6 * step_flops
+
+
+def test_interleaved_timer_balances_a_short_function_against_a_long_one():
+    import time
+
+    calls = {"long": 0, "short": 0}
+
+    def long():
+        calls["long"] += 1
+        time.sleep(0.04)
+
+    def short():
+        calls["short"] += 1
+        time.sleep(0.004)
+
+    long_seconds, short_seconds = benchmark._time_interleaved([long, short], min_seconds=0.0, min_calls=4, warmup=1)
+    # Per-call medians, although the short one ran about ten times per round.
+    assert 0.04 <= long_seconds < 0.06 and 0.004 <= short_seconds < 0.008
+    assert calls["long"] == 1 + 1 + 4  # warm-up, sizing call, rounds
+    assert calls["short"] >= 1 + 1 + 4 * 7

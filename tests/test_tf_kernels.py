@@ -156,3 +156,11 @@ def test_training_runs_the_gelu_as_one_xla_kernel_each_way():
     assert executed["ExecuteAsyncOnStream"] == 2 * blocks
     assert executed["Sigmoid"] == 0 and executed["Tanh"] == 0 and executed["Square"] == 0
     assert executed["_MklNativeFusedBatchNormGradV3"] == 2 * blocks + 1  # LayerNorm gradients
+    with tf_kernels.without_xla():
+        plain_step = tf.function(lambda x, y: _forward_and_gradients(model, x, y))
+        plain = _op_types_executed(plain_step, images, np.array([1, 2]))
+    assert plain["ExecuteAsyncOnStream"] == 0 and plain["Sigmoid"] == blocks
+    _, xla_gradients = step(images, np.array([1, 2]))
+    _, plain_gradients = plain_step(images, np.array([1, 2]))
+    for xla_gradient, plain_gradient in zip(xla_gradients, plain_gradients):
+        np.testing.assert_allclose(xla_gradient.numpy(), plain_gradient.numpy(), atol=1e-5)
