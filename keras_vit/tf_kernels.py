@@ -30,28 +30,27 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
-def portable_ops():
-    """Traces keras_vit layers with standard TensorFlow ops only (for exporters)."""
-    previous = getattr(_state, "portable", False)
-    _state.portable = True
+def _tracing_flag(name):
+    # Thread-local, so that one thread's export does not change another's training graph.
+    previous = getattr(_state, name, False)
+    setattr(_state, name, True)
     try:
         yield
     finally:
-        _state.portable = previous
+        setattr(_state, name, previous)
 
 
-@contextlib.contextmanager
+def portable_ops():
+    """Traces keras_vit layers with standard TensorFlow ops only (for exporters)."""
+    return _tracing_flag("portable")
+
+
 def without_xla():
     """Traces the training GELU as plain TensorFlow ops instead of XLA-compiled loops.
 
     For TensorFlow builds without XLA's CPU JIT, and for before/after measurements.
     """
-    previous = getattr(_state, "without_xla", False)
-    _state.without_xla = True
-    try:
-        yield
-    finally:
-        _state.without_xla = previous
+    return _tracing_flag("without_xla")
 
 
 def enabled(compute_dtype) -> bool:
