@@ -169,6 +169,36 @@ def model_case(
     }
 
 
+def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy: str):
+    """(step(images, labels) as a Python function, images, labels, FLOPs per image) for a
+    bare inference call or a training step (forward, backward, AdamW) without Keras's fit."""
+    import keras
+    import tensorflow as tf
+
+    model, flops = _build(variant, image_size, dtype_policy)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 1000, batch))
+    if mode == "inference":
+        def step(x, y):
+            return model(x, training=False)
+
+        return step, images, labels, flops
+    if mode != "training":
+        raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
+    optimizer = keras.optimizers.AdamW(1e-4)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    return step, images, labels, 3 * flops
+
+
 def compare_fused_and_portable(
     mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
     dtype_policy: str = "float32", rounds: int = 8,
@@ -185,26 +215,7 @@ def compare_fused_and_portable(
 
     from keras_vit import tf_kernels
 
-    model, flops = _build(variant, image_size, dtype_policy)
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 1000, batch))
-    if mode == "inference":
-        def step(x, y):
-            return model(x, training=False)
-    elif mode == "training":
-        optimizer = keras.optimizers.AdamW(1e-4)
-        optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        flops *= 3
-
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-            return loss
-    else:
-        raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
+    step, images, labels, flops = _raw_step(mode, variant, image_size, batch, dtype_policy)
     # Each form traced in its own context; "fused_without_xla" (training only) is the fused
     # kernels with the training GELU as plain TensorFlow ops rather than XLA loops.
     contexts = {"fused": contextlib.nullcontext, "portable": tf_kernels.portable_ops}
@@ -227,6 +238,61 @@ def compare_fused_and_portable(
     for name, seconds in zip(forms, form_seconds):
         result[name] = {"images_per_second": batch / seconds, "fraction_of_matmul_rate": batch * flops / seconds / peak}
     return result
+
+
+def add_step_arguments(parser) -> None:
+    """The flags that pick a model step (for ``scripts/compare_kernels.py`` and ``profile_ops.py``)."""
+    parser.add_argument("--mode", default="inference", choices=["inference", "training"])
+    parser.add_argument("--variant", default="B/16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. float32, mixed_bfloat16, bfloat16")
+
+
+def op_profile(mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
+               dtype_policy: str = "float32") -> Dict:
+    """Milliseconds per TensorFlow op type in one inference or training step, from the profiler.
+
+    Run it with ``tf.config.threading.set_inter_op_parallelism_threads(1)`` set first
+    (``scripts/profile_ops.py`` does) so that ops run one at a time and each op's duration
+    is its own, not shared with a concurrent one. XLA-compiled pieces appear as
+    ``ExecuteAsyncOnStream``. Returns ``{"step_ms", "ops": {type: {"ms", "calls"}}}``.
+    """
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    python_step, images, labels, _ = _raw_step(mode, variant, image_size, batch, dtype_policy)
+    step = tf.function(python_step)
+    for _ in range(2):
+        np.asarray(step(images, labels))
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        begin = time.perf_counter()
+        np.asarray(step(images, labels))
+        step_seconds = time.perf_counter() - begin
+        tf.profiler.experimental.stop()
+        (path,) = glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as handle:
+            space.ParseFromString(handle.read())
+    milliseconds, calls = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                match = re.match(r".*:(\w+)$", plane.event_metadata[event.metadata_id].name)
+                # Executor bookkeeping spans whole steps; only kernels are counted.
+                if match and match.group(1) not in ("Run", "Process", "Start", "Done", "Record", "StartRegion", "StopRegion"):
+                    milliseconds[match.group(1)] += event.duration_ps / 1e9
+                    calls[match.group(1)] += 1
+    ops = {name: {"ms": ms, "calls": calls[name]} for name, ms in milliseconds.most_common()}
+    return {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy,
+            "step_ms": 1000 * step_seconds, "ops": ops}
 
 
 PEERS = ("keras_hub",)

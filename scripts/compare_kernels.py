@@ -12,11 +12,7 @@ from keras_vit import benchmark
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", default="inference", choices=["inference", "training"])
-    parser.add_argument("--variant", default="B/16")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. float32, mixed_bfloat16, bfloat16")
+    benchmark.add_step_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each runs both forms and the matmul)")
     args = parser.parse_args()
     result = benchmark.compare_fused_and_portable(

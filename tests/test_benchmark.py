@@ -99,3 +99,25 @@ def test_interleaved_timer_balances_a_short_function_against_a_long_one():
     assert 0.04 <= long_seconds < 0.06 and 0.004 <= short_seconds < 0.008
     assert calls["long"] == 1 + 1 + 4  # warm-up, sizing call, rounds
     assert calls["short"] >= 1 + 1 + 4 * 7
+
+
+def test_op_profile_script_counts_the_fused_kernels_of_each_block(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "profile.json"
+    command = [sys.executable, "scripts/profile_ops.py", "--variant", "Ti/16", "--image-size", "32", "--batch", "2",
+               "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    profile = json.loads(out.read_text())
+    ops = profile["ops"]
+    blocks = 12
+    # Per block: Q/K/V, output projection + residual, MLP in, MLP out + residual; plus the
+    # patch embedding and the head.
+    assert ops["_MklNativeFusedMatMul"]["calls"] == 4 * blocks + 2
+    assert ops["_MklLayerNorm"]["calls"] == 2 * blocks
+    assert ops["_MklBatchMatMulV2"]["calls"] == 2 * blocks
+    # One op at a time: the kernels' durations fit inside the step.
+    assert sum(op["ms"] for op in ops.values()) <= profile["step_ms"]
+    assert "_MklNativeFusedMatMul" in completed.stdout
