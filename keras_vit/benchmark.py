@@ -249,51 +249,61 @@ def add_step_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. float32, mixed_bfloat16, bfloat16")
 
 
-def op_profile(mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
-               dtype_policy: str = "float32") -> Dict:
-    """Milliseconds per TensorFlow op type in one inference or training step, from the profiler.
+def kernel_times(function, *args) -> Dict:
+    """``{"ms": wall time, "ops": {op type: {"ms", "calls"}}}`` of one call of
+    ``function(*args)``, from TensorFlow's profiler (after one unprofiled call, so tracing
+    is not counted).
 
-    Run it with ``tf.config.threading.set_inter_op_parallelism_threads(1)`` set first
-    (``scripts/profile_ops.py`` does) so that ops run one at a time and each op's duration
-    is its own, not shared with a concurrent one. XLA-compiled pieces appear as
-    ``ExecuteAsyncOnStream``. Returns ``{"step_ms", "ops": {type: {"ms", "calls"}}}``.
+    Executor bookkeeping events (whole steps, regions) are left out. With inter-op
+    parallelism 1 each op's duration is its own; otherwise concurrent ops share the cores.
+    XLA-compiled pieces appear as ``ExecuteAsyncOnStream``.
     """
     import collections
     import glob
     import re
     import tempfile
 
-    import keras
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    python_step, images, labels, _ = _raw_step(mode, variant, image_size, batch, dtype_policy)
-    step = tf.function(python_step)
-    for _ in range(2):
-        np.asarray(step(images, labels))
+    function(*args)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         begin = time.perf_counter()
-        np.asarray(step(images, labels))
-        step_seconds = time.perf_counter() - begin
+        function(*args)
+        wall_ms = 1000 * (time.perf_counter() - begin)
         tf.profiler.experimental.stop()
         (path,) = glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")
         space = xplane_pb2.XSpace()
         with open(path, "rb") as handle:
             space.ParseFromString(handle.read())
     milliseconds, calls = collections.Counter(), collections.Counter()
+    bookkeeping = ("Run", "Process", "Start", "Done", "Record", "StartRegion", "StopRegion")
     for plane in space.planes:
         for line in plane.lines:
             for event in line.events:
                 match = re.match(r".*:(\w+)$", plane.event_metadata[event.metadata_id].name)
-                # Executor bookkeeping spans whole steps; only kernels are counted.
-                if match and match.group(1) not in ("Run", "Process", "Start", "Done", "Record", "StartRegion", "StopRegion"):
+                if match and match.group(1) not in bookkeeping:
                     milliseconds[match.group(1)] += event.duration_ps / 1e9
                     calls[match.group(1)] += 1
-    ops = {name: {"ms": ms, "calls": calls[name]} for name, ms in milliseconds.most_common()}
-    return {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy,
-            "step_ms": 1000 * step_seconds, "ops": ops}
+    return {"ms": wall_ms, "ops": {name: {"ms": ms, "calls": calls[name]} for name, ms in milliseconds.most_common()}}
 
+
+def op_profile(mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
+               dtype_policy: str = "float32") -> Dict:
+    """Milliseconds per TensorFlow op type in one inference or training step (:func:`kernel_times`).
+
+    Run it with ``tf.config.threading.set_inter_op_parallelism_threads(1)`` set first
+    (``scripts/profile_ops.py`` does) so that ops run one at a time. Returns
+    ``{"step_ms", "ops": {type: {"ms", "calls"}}}`` of the profiled step.
+    """
+    import tensorflow as tf
+
+    python_step, images, labels, _ = _raw_step(mode, variant, image_size, batch, dtype_policy)
+    step = tf.function(python_step)
+    profile = kernel_times(lambda: np.asarray(step(images, labels)))
+    return {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy,
+            "step_ms": profile["ms"], "ops": profile["ops"]}
 
 PEERS = ("keras_hub",)
 

@@ -13,7 +13,7 @@ from keras_vit import benchmark
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmark.add_step_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each runs both forms and the matmul)")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each runs every form and the matmul)")
     args = parser.parse_args()
     result = benchmark.compare_fused_and_portable(
         args.mode, args.variant, args.image_size, args.batch, args.dtype, args.rounds

@@ -1,8 +1,6 @@
 """The fused TensorFlow forms compute what the portable keras.ops forms compute, and fuse."""
 
 import collections
-import glob
-import re
 
 import keras
 import numpy as np
@@ -14,7 +12,7 @@ if keras.backend.backend() != "tensorflow":
 import tensorflow as tf  # noqa: E402
 
 import keras_vit  # noqa: E402
-from keras_vit import layers, tf_kernels  # noqa: E402
+from keras_vit import benchmark, layers, tf_kernels  # noqa: E402
 
 
 def _small_model(policy="float32", seed=0, **kwargs):
@@ -110,27 +108,7 @@ def test_residual_and_gelu_options_of_dense():
 
 
 def _op_types_executed(function, *args):
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as logdir:
-        function(*args)
-        tf.profiler.experimental.start(logdir)
-        function(*args)
-        tf.profiler.experimental.stop()
-        (path,) = glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as handle:
-            space.ParseFromString(handle.read())
-    counts = collections.Counter()
-    for plane in space.planes:
-        for line in plane.lines:
-            for event in line.events:
-                match = re.match(r".*:(\w+)$", plane.event_metadata[event.metadata_id].name)
-                if match:
-                    counts[match.group(1)] += 1
-    return counts
+    return collections.Counter({name: op["calls"] for name, op in benchmark.kernel_times(function, *args)["ops"].items()})
 
 
 def test_inference_runs_as_onednn_fused_kernels():
