@@ -218,9 +218,10 @@ def compare_fused_and_portable(
     step, images, labels, flops = _raw_step(mode, variant, image_size, batch, dtype_policy)
     # Each form traced in its own context; "fused_without_xla" (training only) is the fused
     # kernels with the training GELU as plain TensorFlow ops rather than XLA loops.
-    contexts = {"fused": contextlib.nullcontext, "portable": tf_kernels.portable_ops}
+    contexts = {"fused": contextlib.nullcontext}
     if mode == "training":
-        contexts = dict(fused=contexts["fused"], fused_without_xla=tf_kernels.without_xla, portable=contexts["portable"])
+        contexts["fused_without_xla"] = tf_kernels.without_xla
+    contexts["portable"] = tf_kernels.portable_ops
     forms = {}
     for name, context in contexts.items():
         with context():

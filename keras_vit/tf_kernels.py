@@ -103,9 +103,10 @@ def gelu_tanh_for_training(z):
 
     ``0.5 z (1 + tanh(a))`` with ``a = sqrt(2/pi) (z + 0.044715 z^3)`` equals
     ``z sigmoid(2a)``; its derivative is ``s + z s (1 - s) (C1 + 3 C2 z^2)`` with
-    ``s = sigmoid(2a)``. Both directions are XLA-compiled, so that their elementwise
-    chains (six ops forward, nine backward, each a memory-bound pass over the
-    (B T, mlp_dim) activations) run as one loop each: a ViT-S/16 training step at batch 32
+    ``s = sigmoid(2a)``. Both directions are XLA-compiled (plain TensorFlow ops under
+    :func:`without_xla`), so that their elementwise chains (six ops forward, nine
+    backward, each a memory-bound pass over the (B T, mlp_dim) activations) run as one
+    loop each: a ViT-S/16 training step at batch 32
     got 1.06-1.08x faster. (The same treatment of the softmax and the LayerNorm's scale
     and shift measured slower: XLA's CPU reductions lose to TensorFlow's.)
     """
