@@ -119,6 +119,8 @@ def model_case(
     or of a peer's (``peer="keras_hub"``) at the same variant; FLOPs are keras_vit's count."""
     import keras
 
+    from keras_vit import optimizers
+
     if peer is None:
         model, flops = _build(variant, image_size, dtype_policy)
         name = f"keras_vit ViT-{variant}"
@@ -139,7 +141,7 @@ def model_case(
         flops_per_image = flops
     elif mode == "training":
         model.compile(
-            optimizer=keras.optimizers.AdamW(1e-4),
+            optimizer=optimizers.AdamW(1e-4),  # peers too: the same update, only the model differs
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
         )
@@ -175,6 +177,8 @@ def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy
     import keras
     import tensorflow as tf
 
+    from keras_vit import optimizers
+
     model, flops = _build(variant, image_size, dtype_policy)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"))
@@ -186,7 +190,7 @@ def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy
         return step, images, labels, flops
     if mode != "training":
         raise ValueError(f"Unknown mode {mode!r}; expected 'inference' or 'training'.")
-    optimizer = keras.optimizers.AdamW(1e-4)
+    optimizer = optimizers.AdamW(1e-4)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -32,6 +32,8 @@ from typing import Optional
 
 import keras
 
+from keras_vit import optimizers
+
 RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -562,44 +564,9 @@ class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["accumulation"])
 
 
-class _ClipAfterAllReduce:
-    """Global-norm clipping of the all-reduced gradient under a multi-replica strategy.
-
-    Keras 3's TensorFlow optimizer clips each replica's share of the gradient before the
-    all-reduce, which is not the global norm of the batch gradient; these optimizers clip
-    the summed gradient instead (set ``reduced_clipnorm``, leave ``global_clipnorm`` None).
-    """
-
-    def __init__(self, *args, reduced_clipnorm=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reduced_clipnorm = reduced_clipnorm
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        import tensorflow as tf
-
-        grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
-        present = [(g, v) for g, v in grads_and_vars if g is not None]
-        if not self.reduced_clipnorm or not present:
-            return grads_and_vars
-        clipped, _ = tf.clip_by_global_norm([g for g, _ in present], self.reduced_clipnorm)
-        return list(zip(clipped, [v for _, v in present]))
-
-    def get_config(self):
-        return {**super().get_config(), "reduced_clipnorm": self.reduced_clipnorm}
-
-
-@keras.saving.register_keras_serializable(package="keras_vit")
-class ReplicaSafeSGD(_ClipAfterAllReduce, keras.optimizers.SGD):
-    """``keras.optimizers.SGD`` clipping the all-reduced gradient (see ``_ClipAfterAllReduce``)."""
-
-
-@keras.saving.register_keras_serializable(package="keras_vit")
-class ReplicaSafeAdamW(_ClipAfterAllReduce, keras.optimizers.AdamW):
-    """``keras.optimizers.AdamW`` clipping the all-reduced gradient (see ``_ClipAfterAllReduce``)."""
-
-
 def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: int = 1, replicas: int = 1):
-    """The recipe's optimizer: AdamW (scratch) or SGD with momentum 0.9 (fine-tune).
+    """The recipe's optimizer: AdamW (scratch) or SGD with momentum 0.9 (fine-tune), from
+    :mod:`keras_vit.optimizers` (Keras's update in TensorFlow's fused kernels).
 
     Both clip the global gradient norm at ``clipnorm`` and follow
     :func:`learning_rate_schedule`; with ``accumulation > 1`` the optimizer averages that
@@ -613,10 +580,10 @@ def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: i
     sgd = RECIPE_DEFAULTS[config.recipe]["optimizer"] == "sgd"
     if replicas > 1:
         common["reduced_clipnorm"] = config.clipnorm or None
-        sgd_class, adamw_class = ReplicaSafeSGD, ReplicaSafeAdamW
+        sgd_class, adamw_class = optimizers.ReplicaSafeSGD, optimizers.ReplicaSafeAdamW
     else:
         common["global_clipnorm"] = config.clipnorm or None
-        sgd_class, adamw_class = keras.optimizers.SGD, keras.optimizers.AdamW
+        sgd_class, adamw_class = optimizers.SGD, optimizers.AdamW
     if sgd:
         return sgd_class(momentum=0.9, weight_decay=config.weight_decay or None, **common)
     return adamw_class(weight_decay=config.weight_decay, **common)
