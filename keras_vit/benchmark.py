@@ -171,6 +171,52 @@ def model_case(
     }
 
 
+def speedup_case(
+    variant: str = "B/16",
+    image_size: int = 224,
+    batch: int = 8,
+    dtype_policies=("bfloat16", "mixed_bfloat16"),
+    min_seconds: float = 20.0,
+) -> Dict:
+    """Inference speed-up of each lower-precision policy over keras_vit's own float32.
+
+    The float32 model, one model per policy and the matmuls of both compute dtypes are
+    timed in alternation in this one process, so that the ratios compare the same
+    stretches of a drifting machine (separate cases, minutes apart, swing them by 10%).
+    ``matmul_speedup`` is the hardware's own ratio for the same dtypes: the bound on what
+    a model whose time is mostly matmuls can gain.
+    """
+    import keras
+
+    policies = ["float32", *dtype_policies]
+    runs = []
+    for policy in policies:
+        model, flops = _build(variant, image_size, policy)
+        images = np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
+        model.compile()
+        runs.append(lambda model=model, images=images: model.predict_on_batch(images))
+    keras.mixed_precision.set_global_policy("float32")
+    compute_dtypes = list(dict.fromkeys(keras.DTypePolicy(policy).compute_dtype for policy in policies))
+    matmuls = [matmul_runner(dtype)[0] for dtype in compute_dtypes]
+    seconds = _time_interleaved(runs + matmuls, min_seconds, min_calls=5)
+    model_seconds, matmul_seconds = dict(zip(policies, seconds)), dict(zip(compute_dtypes, seconds[len(runs):]))
+    result = {
+        "case": "speedup",
+        "model": f"keras_vit ViT-{variant}",
+        "backend": keras.backend.backend(),
+        "image_size": image_size,
+        "batch": batch,
+        "images_per_second": {policy: batch / model_seconds[policy] for policy in policies},
+        "speedup": {},
+        "matmul_speedup": {},
+    }
+    for policy in dtype_policies:
+        dtype = keras.DTypePolicy(policy).compute_dtype
+        result["speedup"][policy] = model_seconds["float32"] / model_seconds[policy]
+        result["matmul_speedup"][policy] = matmul_seconds["float32"] / matmul_seconds[dtype]
+    return result
+
+
 def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy: str):
     """(step(images, labels) as a Python function, images, labels, FLOPs per image) for a
     bare inference call or a training step (forward, backward, AdamW) without Keras's fit."""
@@ -376,7 +422,7 @@ def write_jpeg_folder(folder: str, num_images: int, size: int = 256, num_classes
         tf.io.write_file(os.path.join(folder, label, f"{i:05d}.jpg"), tf.io.encode_jpeg(image, quality=90))
 
 
-CASE_KINDS = ("matmul", "inference", "training", "pipeline")
+CASE_KINDS = ("matmul", "inference", "training", "speedup", "pipeline")
 
 
 def run_case_here(case: Dict) -> Dict:
@@ -387,6 +433,8 @@ def run_case_here(case: Dict) -> Dict:
         result = matmul_case(**case)
     elif kind in ("inference", "training"):
         result = model_case(kind, **case)
+    elif kind == "speedup":
+        result = speedup_case(**case)
     elif kind == "pipeline":
         result = pipeline_case(**case)
     else:
@@ -416,7 +464,10 @@ def format_results(results: List[Dict]) -> str:
     """A Markdown table of the results."""
     header = "| case | model | backend | dtype | batch | jit | images/s | GFLOP/s | matmul GFLOP/s | of matmul | peak MiB |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    speedups = [r for r in results if r.get("case") == "speedup" and "error" not in r]
     for r in results:
+        if r in speedups:
+            continue
         if "error" in r:
             lines.append(f"| {r.get('case')} | {r.get('variant', '')} | {r.get('backend', '')} | | | | error: {r['error']} | | | | |")
             continue
@@ -435,6 +486,16 @@ def format_results(results: List[Dict]) -> str:
                 mem=f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "",
             )
         )
+    if speedups:
+        lines += ["", "| speed-up over float32 | model | backend | dtype | batch | images/s | float32 images/s | speed-up | matmul speed-up |",
+                  "|---" * 9 + "|"]
+        for r in speedups:
+            for policy, speedup in r["speedup"].items():
+                lines.append(
+                    f"| inference | {r['model']} | {r['backend']} | {policy} | {r['batch']} | "
+                    f"{r['images_per_second'][policy]:.1f} | {r['images_per_second']['float32']:.1f} | "
+                    f"{speedup:.2f}x | {r['matmul_speedup'][policy]:.2f}x |"
+                )
     return "\n".join(lines)
 
 
@@ -476,6 +537,7 @@ def standard_suite(backends=("tensorflow",), peers=None) -> List[Dict]:
             dict(inference, dtype_policy="float32"),
             dict(inference, dtype_policy="mixed_bfloat16"),
             dict(inference, dtype_policy="bfloat16"),
+            dict(case="speedup", variant="B/16", batch=8, _backend=backend),
             training,
         ]
         for peer in peers:
@@ -488,7 +550,8 @@ def custom_suite(
     variants, modes, dtype_policies, backends, image_size=224, batch=8, jit_compile=False, min_seconds=10.0, peers=()
 ) -> List[Dict]:
     """Matmul peaks for the dtypes involved plus every (variant, mode, policy, backend),
-    for keras_vit and for each of ``peers``."""
+    for keras_vit and for each of ``peers``; with lower-precision policies, each variant's
+    inference speed-up over float32 measured in one process (:func:`speedup_case`)."""
     cases = []
     for backend in backends:
         compute_dtypes = sorted({"bfloat16" if "bfloat16" in p else "float16" if "float16" in p else "float32" for p in dtype_policies})
@@ -500,6 +563,10 @@ def custom_suite(
                         case = dict(case=mode, variant=variant, image_size=image_size, batch=batch,
                                     dtype_policy=policy, jit_compile=jit_compile, min_seconds=min_seconds, _backend=backend)
                         cases.append(case if peer is None else dict(case, peer=peer))
+            lower = [policy for policy in dtype_policies if policy != "float32"]
+            if "inference" in modes and lower:
+                cases.append(dict(case="speedup", variant=variant, image_size=image_size, batch=batch,
+                                  dtype_policies=lower, min_seconds=2 * min_seconds, _backend=backend))
     return cases
 
 

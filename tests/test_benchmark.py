@@ -22,6 +22,25 @@ def test_a_model_case_runs_in_its_own_process_and_reports_consistent_figures():
     assert result["peak_memory_mib"] > 100
 
 
+def test_speedup_case_times_every_policy_and_both_matmuls_in_one_process(capsys):
+    status = main(["benchmark", "--variant", "Ti/16", "--mode", "inference", "--dtype", "float32,bfloat16",
+                   "--image-size", "32", "--batch", "2", "--seconds", "0.3", "--peers", "none"])
+    out = capsys.readouterr().out
+    assert status == 0
+    result = benchmark.run_case(dict(case="speedup", variant="Ti/16", image_size=32, batch=2,
+                                     dtype_policies=["bfloat16", "mixed_bfloat16"], min_seconds=0.3))
+    assert "error" not in result, result
+    rates = result["images_per_second"]
+    assert sorted(rates) == ["bfloat16", "float32", "mixed_bfloat16"]
+    for policy in ("bfloat16", "mixed_bfloat16"):
+        # The speed-up is the ratio of the rates timed together; the matmul's is positive.
+        assert abs(result["speedup"][policy] - rates[policy] / rates["float32"]) < 1e-9 * rates[policy]
+        assert result["matmul_speedup"][policy] > 0
+    assert result["matmul_speedup"]["bfloat16"] == result["matmul_speedup"]["mixed_bfloat16"]  # one bfloat16 matmul
+    # The CLI's --dtype with a lower precision adds the speed-up case and its own table.
+    assert "| speed-up over float32 |" in out and "| inference | keras_vit ViT-Ti/16 | tensorflow | bfloat16 | 2 |" in out
+
+
 def test_unknown_case_is_reported_as_an_error():
     result = benchmark.run_case(dict(case="sorting"))
     assert "Unknown benchmark case 'sorting'" in result["error"]
@@ -64,6 +83,7 @@ def test_keras_hub_peer_is_measured_at_the_same_variant_in_its_own_process():
 def test_standard_suite_adds_installed_peers_and_cli_refuses_unknown_ones(capsys):
     cases = benchmark.standard_suite(peers=["keras_hub"])
     assert [c.get("peer") for c in cases if c["case"] in ("inference", "training")] == [None] * 4 + ["keras_hub"] * 2
+    assert [(c["variant"], c["batch"]) for c in cases if c["case"] == "speedup"] == [("B/16", 8)]
     assert "bfloat16" in [c.get("dtype_policy") for c in cases]
     assert main(["benchmark", "--variant", "Ti/16", "--peers", "timm"]) == 2
     assert "Unknown peer 'timm'; expected one of ['keras_hub']" in capsys.readouterr().err
