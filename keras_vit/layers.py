@@ -263,7 +263,7 @@ def _plain_dense(dense) -> bool:
     return bool(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None))
 
 
-def apply_dense(dense, x, activation=None, residual=None, training=False):
+def apply_dense(dense, x, activation=None, residual=None, training=False, input_affine=None):
     """``activation(dense(x)) [+ residual]``; one fused oneDNN kernel on TensorFlow CPUs.
 
     Keras's Dense adds its bias with ``Add`` and matmuls 3D inputs as a batch matmul,
@@ -276,8 +276,12 @@ def apply_dense(dense, x, activation=None, residual=None, training=False):
         activation: None or ``"gelu_tanh"``.
         residual: None, or a tensor of the output's shape to add.
         training: whether gradients will be taken (picks the GELU form that trains fastest).
+        input_affine: None, or (gamma, beta): the layer sees ``x * gamma + beta`` (a
+            LayerNorm's scale and shift, folded into the weights where fused).
     """
     if _plain_dense(dense) or not dense.use_bias or not tf_kernels.enabled(dense.compute_dtype):
+        if input_affine is not None:
+            x = x * ops.cast(input_affine[0], x.dtype) + ops.cast(input_affine[1], x.dtype)
         y = dense(x)
         if activation == "gelu_tanh":
             y = ops.gelu(y, approximate=True)
@@ -290,6 +294,7 @@ def apply_dense(dense, x, activation=None, residual=None, training=False):
         activation=activation,
         residual=None if residual is None else ops.cast(residual, dtype),
         training=bool(training),
+        input_affine=input_affine,
     )
 
 
@@ -303,9 +308,9 @@ class LayerNorm(keras.layers.LayerNormalization):
     :mod:`keras_vit.tf_kernels`. Every other case takes the parent's path.
     """
 
-    def call(self, inputs):
+    def _fuses(self, inputs) -> bool:
         rank = len(inputs.shape)
-        fused = (
+        return (
             rank in (2, 3)
             and [axis % rank for axis in self.axis] == [rank - 1]
             and self.center
@@ -313,10 +318,20 @@ class LayerNorm(keras.layers.LayerNormalization):
             and not self.rms_scaling
             and tf_kernels.enabled(self.compute_dtype)
         )
-        if not fused:
+
+    def call(self, inputs):
+        if not self._fuses(inputs):
             return super().call(inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
         return tf_kernels.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
+
+    def normalize_for_folding(self, inputs):
+        """``(normalized, (gamma, beta))`` for a following matmul to fold the scale and shift
+        into its weights (:func:`keras_vit.tf_kernels.fold_input_affine`), where the fused
+        form applies; ``(self(inputs), None)`` elsewhere."""
+        if not self._fuses(inputs):
+            return self(inputs), None
+        return tf_kernels.normalize(ops.cast(inputs, self.compute_dtype), self.epsilon), (self.gamma, self.beta)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -344,11 +359,12 @@ class MLP(keras.layers.Layer):
         self.dense_1 = keras.layers.Dense(input_shape[-1], name="Dense_1", dtype=self.dtype_policy, **_dense_init())
         self.dense_1.build(input_shape[:-1] + (self.mlp_dim,))
 
-    def call(self, x, training=False, residual=None):
-        """``residual`` (optional, only without dropout): added to the output in the last matmul."""
+    def call(self, x, training=False, residual=None, input_affine=None):
+        """``residual`` (optional, only without dropout): added to the output in the last
+        matmul. ``input_affine`` (optional (gamma, beta)): the MLP of ``x * gamma + beta``."""
         if residual is not None and training and self.dropout > 0:
             raise ValueError("MLP adds a residual only without active dropout.")
-        x = apply_dense(self.dense_0, x, activation="gelu_tanh", training=training)
+        x = apply_dense(self.dense_0, x, activation="gelu_tanh", training=training, input_affine=input_affine)
         x = self.dropout_layer(x, training=training)
         if residual is not None:
             return apply_dense(self.dense_1, x, residual=residual)
@@ -388,10 +404,17 @@ class SelfAttention(keras.layers.MultiHeadAttention):
         training=None,
         use_causal_mask=False,
         residual=None,
+        input_affine=None,
     ):
-        """The parent's arguments, plus ``residual``: a (B, T, D) tensor added to the output."""
+        """The parent's arguments, plus ``residual``: a (B, T, D) tensor added to the output,
+        and ``input_affine``: (gamma, beta) with which self-attention of ``query * gamma +
+        beta`` is computed (folded into the Q/K/V weights where fused)."""
         masks = (query_mask, value_mask, key_mask, attention_mask, use_causal_mask)
         if not self._fused_self_attention_applies(query, value, key, *masks):
+            if input_affine is not None:
+                if value is not query or (key is not None and key is not query):
+                    raise ValueError("input_affine applies to self-attention only (value and key the query).")
+                query = value = key = query * ops.cast(input_affine[0], query.dtype) + ops.cast(input_affine[1], query.dtype)
             outputs = super().call(
                 query, value, key, query_mask, value_mask, key_mask, attention_mask,
                 return_attention_scores, training, use_causal_mask,
@@ -419,6 +442,7 @@ class SelfAttention(keras.layers.MultiHeadAttention):
             dropout=dropout,
             return_scores=return_attention_scores,
             residual=None if residual is None else ops.cast(residual, dtype),
+            input_affine=input_affine,
         )
 
     def _fused_self_attention_applies(self, query, value, key, *masks_and_causal):
@@ -532,20 +556,29 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp.build(input_shape)
 
     def call(self, x, training=False, return_attention_scores=False):
-        y = self.norm_1(x)
+        def norm(layer, x):
+            # In training the LayerNorms' scale and shift go into the next matmul's weights;
+            # in inference each LayerNorm is already one fused kernel.
+            return layer.normalize_for_folding(x) if training else (layer(x), None)
+
+        y, affine = norm(self.norm_1, x)
         scores = None
         if training and (self.dropout > 0 or self.drop_path_rate > 0):
-            y = self.attention(y, y, training=training, return_attention_scores=return_attention_scores)
+            y = self.attention(y, y, training=training, return_attention_scores=return_attention_scores,
+                               input_affine=affine)
             if return_attention_scores:
                 y, scores = y
             x = x + self.drop_path(self.attention_output_dropout(y, training=training), training=training)
-            x = x + self.drop_path(self.mlp(self.norm_2(x), training=training), training=training)
+            y, affine = norm(self.norm_2, x)
+            x = x + self.drop_path(self.mlp(y, training=training, input_affine=affine), training=training)
         else:
             # Nothing between a branch and its residual: the sums fuse into the last matmuls.
-            x = self.attention(y, y, training=training, return_attention_scores=return_attention_scores, residual=x)
+            x = self.attention(y, y, training=training, return_attention_scores=return_attention_scores, residual=x,
+                               input_affine=affine)
             if return_attention_scores:
                 x, scores = x
-            x = self.mlp(self.norm_2(x), training=training, residual=x)
+            y, affine = norm(self.norm_2, x)
+            x = self.mlp(y, training=training, residual=x, input_affine=affine)
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):

@@ -74,16 +74,20 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def dense(x, kernel, bias, activation=None, residual=None, training=False):
+def dense(x, kernel, bias, activation=None, residual=None, training=False, input_affine=None):
     """``activation(x @ kernel + bias) [+ residual]`` over the last axis of ``x``.
 
     As 2D ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]``, the pattern oneDNN runs as one
     matmul with its epilogue. ``activation`` is None or ``"gelu_tanh"``; ``residual`` has
     the output's shape. With ``training``, the GELU is :func:`gelu_tanh_for_training`
     instead: the backward pass needs the pre-activation, so the fusion cannot apply.
+    ``input_affine`` (gamma, beta): ``x`` is first scaled and shifted, in the weights
+    (:func:`fold_input_affine`).
     """
     import tensorflow as tf
 
+    if input_affine is not None:
+        kernel, bias = fold_input_affine(kernel, bias, input_affine)
     y = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, x.shape[-1])), kernel), bias)
     if activation == "gelu_tanh":
         y = gelu_tanh_for_training(y) if training else tf.nn.gelu(y, approximate=True)
@@ -150,6 +154,30 @@ def layer_norm(x, gamma, beta, epsilon):
     """
     import tensorflow as tf
 
+    return normalize(x, epsilon) * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
+
+
+def fold_input_affine(kernel, bias, input_affine):
+    """The (kernel, bias) of ``dense(x * gamma + beta)`` as a dense layer of ``x``.
+
+    ``(x g + b) W + c = x (g W) + (b W + c)``: a LayerNorm's scale and shift, folded into
+    the next matmul, cost two (D, N) weight-sized ops per step instead of two passes over
+    the (B T, D) activations forward and four backward (their gradients come out of the
+    matmul's weight gradient, also weight-sized). Used in training, where the LayerNorm
+    cannot be one fused kernel.
+    """
+    import tensorflow as tf
+
+    gamma, beta = (tf.cast(value, kernel.dtype) for value in input_affine)
+    return kernel * gamma[:, None], bias + tf.linalg.matvec(kernel, beta, transpose_a=True)
+
+
+def normalize(x, epsilon):
+    """``(x - mean) / sqrt(variance + epsilon)`` over the last axis: a LayerNorm without
+    its scale and shift (as ``FusedBatchNormV3`` over a (1, rows, D, 1) view, see
+    :func:`layer_norm`)."""
+    import tensorflow as tf
+
     shape = tf.shape(x)
     width = x.shape[-1]
     rows = tf.reshape(tf.reduce_prod(shape[:-1]), [1])
@@ -168,10 +196,11 @@ def layer_norm(x, gamma, beta, epsilon):
         data_format="NCHW",
         is_training=True,
     )[0]
-    return tf.reshape(normalized, shape) * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
+    return tf.reshape(normalized, shape)
 
 
-def self_attention(x, query, key, value, output, scale, dropout=None, return_scores=False, residual=None):
+def self_attention(x, query, key, value, output, scale, dropout=None, return_scores=False, residual=None,
+                   input_affine=None):
     """Multi-head self-attention of ``x`` (B, T, D) with Keras MultiHeadAttention weights.
 
     Args:
@@ -182,6 +211,8 @@ def self_attention(x, query, key, value, output, scale, dropout=None, return_sco
         dropout: None, or a function applied to the attention probabilities.
         return_scores: also return the (B, H, T, T) probabilities.
         residual: None, or (B, T, D) added to the output (fused into the last matmul).
+        input_affine: None, or (gamma, beta) (D,): attends to ``x * gamma + beta``, the
+            scale and shift folded into the Q/K/V weights (:func:`fold_input_affine`).
     """
     import tensorflow as tf
 
@@ -193,6 +224,8 @@ def self_attention(x, query, key, value, output, scale, dropout=None, return_sco
         axis=1,
     )
     bias = tf.concat([tf.reshape(query[1] * scale, (-1,)), tf.reshape(key[1], (-1,)), tf.reshape(value[1], (-1,))], axis=0)
+    if input_affine is not None:
+        kernel, bias = fold_input_affine(kernel, bias, input_affine)
     tokens = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
     qkv = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, width)), kernel), bias)
     qkv = tf.transpose(tf.reshape(qkv, (-1, tokens, 3, heads, head_dim)), (2, 0, 3, 1, 4))  # (3, B, H, T, d)

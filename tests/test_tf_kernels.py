@@ -96,6 +96,48 @@ def test_gelu_for_training_equals_the_tanh_gelu_and_its_gradient():
     np.testing.assert_allclose(tape.gradient(ours, z).numpy(), tape.gradient(reference, z).numpy(), atol=1e-5)
 
 
+def _layer_norm_consumers(graph):
+    # The op types each FusedBatchNormV3's output reaches through reshapes.
+    consumers = collections.Counter()
+    for op in graph.get_operations():
+        if op.type != "FusedBatchNormV3":
+            continue
+        frontier = list(op.outputs[0].consumers())
+        while frontier:
+            consumer = frontier.pop()
+            if consumer.type == "Reshape":
+                frontier += consumer.outputs[0].consumers()
+            else:
+                consumers[consumer.type] += 1
+    return consumers
+
+
+@pytest.mark.parametrize("regularized", [False, True], ids=["plain", "dropout_and_drop_path"])
+def test_training_folds_each_block_layer_norms_scale_and_shift_into_the_next_matmul(regularized):
+    # In training the LayerNorm is FusedBatchNormV3 + scale + shift (its gradient needs the
+    # statistics, so no _MklLayerNorm); the block's two norms hand their normalized output
+    # straight to the Q/K/V and MLP matmuls, whose weights carry gamma and beta. Only the
+    # final norm (before the head, no matmul of its own over all tokens) keeps its Mul.
+    kwargs = dict(dropout=0.1, drop_path_rate=0.1) if regularized else {}
+    model = _small_model(**kwargs)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    step = tf.function(lambda x, y: _forward_and_gradients(model, x, y))
+    training = _layer_norm_consumers(step.get_concrete_function(images, np.array([1, 2])).graph)
+    # Each block norm's output feeds its matmul and, backward, that matmul's weight
+    # gradient; the final norm's feeds a Mul by gamma and, backward, gamma's gradient.
+    assert training == collections.Counter(MatMul=2 * 2 * 12, Mul=2), training
+    inference = tf.function(lambda x: model(x, training=False)).get_concrete_function(images).graph
+    assert _layer_norm_consumers(inference) == collections.Counter(Mul=2 * 12 + 1)  # fused into _MklLayerNorm later
+
+
+def test_folding_a_scale_and_shift_into_a_dense_equals_applying_them_first():
+    rng = np.random.default_rng(7)
+    x, kernel = (tf.constant(rng.normal(size=shape).astype("float32")) for shape in ((2, 3, 4), (4, 6)))
+    bias, gamma, beta = (tf.constant(rng.normal(size=n).astype("float32")) for n in (6, 4, 4))
+    expected = tf_kernels.dense(x * gamma + beta, kernel, bias)
+    np.testing.assert_allclose(tf_kernels.dense(x, kernel, bias, input_affine=(gamma, beta)).numpy(), expected.numpy(), atol=1e-5)
+
+
 def test_residual_and_gelu_options_of_dense():
     x = tf.constant(np.random.default_rng(5).normal(size=(2, 3, 4)).astype("float32"))
     kernel = tf.constant(np.random.default_rng(6).normal(size=(4, 6)).astype("float32"))
