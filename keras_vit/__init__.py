@@ -36,3 +36,4 @@ from keras_vit.visualize import (
     upsample_heatmap,
 )
 from keras_vit.training import TrainConfig, evaluate, train
+from keras_vit import optimizers

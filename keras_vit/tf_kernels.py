@@ -14,6 +14,9 @@ turns it into one kernel where the portable form takes several passes over memor
 - ``gelu_tanh_for_training``: in training, where the GELU cannot live in the matmul's
   epilogue (its gradient needs the pre-activation), it and its gradient are each one
   XLA-compiled elementwise loop.
+- ``fold_input_affine``: in training, where the LayerNorm cannot be one fused kernel
+  either, its scale and shift go into the next matmul's weights (``normalize`` then
+  ``dense`` / ``self_attention`` with ``input_affine``).
 
 The layers use these only on the TensorFlow backend, outside :func:`portable_ops` (the
 export paths trace inside it: TFLite and ONNX have no training-mode batch norm), and
