@@ -105,6 +105,12 @@ def _build(variant, image_size, dtype_policy, num_classes=1000):
     return model, forward_flops(model)
 
 
+def _random_batch(batch: int, image_size: int):
+    """Seeded images in [-1, 1] and labels of 1000 classes (numpy), the same in every case."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"), rng.integers(0, 1000, batch)
+
+
 def model_case(
     mode: str,
     variant: str,
@@ -132,9 +138,7 @@ def model_case(
         keras.mixed_precision.set_global_policy(dtype_policy)
         model, name = _keras_hub_vit(variant, image_size)
         flops = variant_forward_flops(variant, image_size)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
-    labels = rng.integers(0, 1000, batch)
+    images, labels = _random_batch(batch, image_size)
     if mode == "inference":
         model.compile(jit_compile=jit_compile)
         run = lambda: model.predict_on_batch(images)  # noqa: E731
@@ -189,12 +193,12 @@ def speedup_case(
     import keras
 
     policies = ["float32", *dtype_policies]
+    images, _ = _random_batch(batch, image_size)
     runs = []
     for policy in policies:
-        model, flops = _build(variant, image_size, policy)
-        images = np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
+        model, _ = _build(variant, image_size, policy)
         model.compile()
-        runs.append(lambda model=model, images=images: model.predict_on_batch(images))
+        runs.append(lambda model=model: model.predict_on_batch(images))
     keras.mixed_precision.set_global_policy("float32")
     compute_dtypes = list(dict.fromkeys(keras.DTypePolicy(policy).compute_dtype for policy in policies))
     matmuls = [matmul_runner(dtype)[0] for dtype in compute_dtypes]
@@ -226,9 +230,7 @@ def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy
     from keras_vit import optimizers
 
     model, flops = _build(variant, image_size, dtype_policy)
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 1000, batch))
+    images, labels = (tf.constant(array) for array in _random_batch(batch, image_size))
     if mode == "inference":
         def step(x, y):
             return model(x, training=False)

@@ -263,6 +263,12 @@ def _plain_dense(dense) -> bool:
     return bool(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None))
 
 
+def _scale_and_shift(x, input_affine):
+    # The unfused form of a folded LayerNorm affine: x * gamma + beta in x's dtype.
+    gamma, beta = input_affine
+    return x * ops.cast(gamma, x.dtype) + ops.cast(beta, x.dtype)
+
+
 def apply_dense(dense, x, activation=None, residual=None, training=False, input_affine=None):
     """``activation(dense(x)) [+ residual]``; one fused oneDNN kernel on TensorFlow CPUs.
 
@@ -281,7 +287,7 @@ def apply_dense(dense, x, activation=None, residual=None, training=False, input_
     """
     if _plain_dense(dense) or not dense.use_bias or not tf_kernels.enabled(dense.compute_dtype):
         if input_affine is not None:
-            x = x * ops.cast(input_affine[0], x.dtype) + ops.cast(input_affine[1], x.dtype)
+            x = _scale_and_shift(x, input_affine)
         y = dense(x)
         if activation == "gelu_tanh":
             y = ops.gelu(y, approximate=True)
@@ -414,7 +420,7 @@ class SelfAttention(keras.layers.MultiHeadAttention):
             if input_affine is not None:
                 if value is not query or (key is not None and key is not query):
                     raise ValueError("input_affine applies to self-attention only (value and key the query).")
-                query = value = key = query * ops.cast(input_affine[0], query.dtype) + ops.cast(input_affine[1], query.dtype)
+                query = value = key = _scale_and_shift(query, input_affine)
             outputs = super().call(
                 query, value, key, query_mask, value_mask, key_mask, attention_mask,
                 return_attention_scores, training, use_causal_mask,

@@ -130,6 +130,20 @@ def test_training_folds_each_block_layer_norms_scale_and_shift_into_the_next_mat
     assert _layer_norm_consumers(inference) == collections.Counter(Mul=2 * 12 + 1)  # fused into _MklLayerNorm later
 
 
+def test_a_lora_dense_after_a_folded_norm_applies_the_scale_and_shift_itself():
+    # A LoRA Dense takes Keras's own path, so the block's folded LayerNorm affine must be
+    # applied to its input there: the training forward equals the portable forms'.
+    model = _small_model()
+    block = next(layer for layer in model.layers if isinstance(layer, layers.TransformerBlock))
+    block.mlp.dense_0.enable_lora(2)
+    block.mlp.dense_0.lora_kernel_b.assign(np.full(block.mlp.dense_0.lora_kernel_b.shape, 0.1, "float32"))
+    images = np.random.default_rng(8).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    fused = tf.function(lambda x: model(x, training=True))(images).numpy()
+    with tf_kernels.portable_ops():
+        portable = tf.function(lambda x: model(x, training=True))(images).numpy()
+    np.testing.assert_allclose(fused, portable, atol=1e-5)
+
+
 def test_folding_a_scale_and_shift_into_a_dense_equals_applying_them_first():
     rng = np.random.default_rng(7)
     x, kernel = (tf.constant(rng.normal(size=shape).astype("float32")) for shape in ((2, 3, 4), (4, 6)))
