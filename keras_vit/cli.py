@@ -33,7 +33,7 @@ def _add_models(subparsers):
 
 
 def _run_models(args):
-    from keras_vit.models import variant_table
+    from keras_vit.zoo import variant_table
 
     rows = variant_table(include_hybrids=args.hybrids)
     if args.json:
@@ -113,7 +113,7 @@ def _flag_value(text):
 
 
 def _add_train(subparsers):
-    from keras_vit.training import TrainConfig
+    from keras_vit.training.config import TrainConfig
 
     parser = subparsers.add_parser(
         "train",
@@ -139,7 +139,8 @@ def _add_train(subparsers):
 
 
 def _run_train(args):
-    from keras_vit.training import TrainConfig, load_config_file, train
+    from keras_vit.training.config import TrainConfig, load_config_file
+    from keras_vit.training.fit import train
 
     config = load_config_file(args.config) if args.config else TrainConfig()
     overrides = {field: getattr(args, field) for field in TrainConfig.field_names() if hasattr(args, field)}
@@ -172,7 +173,8 @@ def _add_evaluate(subparsers):
 
 
 def _run_evaluate(args):
-    from keras_vit.training import TrainConfig, evaluate
+    from keras_vit.training.config import TrainConfig
+    from keras_vit.training.fit import evaluate
 
     config = None
     if args.dataset or args.image_folder:
@@ -219,7 +221,7 @@ def _add_visualize(subparsers):
 
 
 def _run_visualize(args):
-    from keras_vit.visualize import save_figures
+    from keras_vit.visualize.figures import save_figures
 
     written = save_figures(
         args.model, args.images, args.out, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
@@ -242,7 +244,7 @@ def _add_inspect(subparsers):
 
 
 def _run_inspect(args):
-    from keras_vit.checkpoints import describe_checkpoint
+    from keras_vit.weights.npz import describe_checkpoint
 
     info = describe_checkpoint(args.checkpoint)
     if args.json:
@@ -277,7 +279,7 @@ def _add_convert(subparsers):
 
 
 def _run_convert(args):
-    from keras_vit.checkpoints import convert_checkpoint
+    from keras_vit.weights.npz import convert_checkpoint
 
     model = convert_checkpoint(
         args.checkpoint,
@@ -332,7 +334,7 @@ def _add_export(subparsers):
 
 
 def _run_export(args):
-    from keras_vit.export import export_model, format_manifest
+    from keras_vit.deploy.export import export_model, format_manifest
 
     manifest = export_model(
         args.model,
@@ -367,7 +369,7 @@ def _add_predict(subparsers):
 
 
 def _run_predict(args):
-    from keras_vit.predict import format_predictions, predict_files
+    from keras_vit.deploy.predict import format_predictions, predict_files
 
     result = predict_files(args.model, args.images, top_k=args.top_k, class_names=args.class_names)
     if args.json:
@@ -407,7 +409,7 @@ def _add_benchmark(subparsers):
 
 
 def _run_benchmark(args):
-    from keras_vit import benchmark
+    from keras_vit.tools import benchmark
 
     backends = args.backend.split(",")
     peers = benchmark.select_peers(args.peers)
@@ -439,7 +441,7 @@ def build_parser():
         description="Vision Transformer (Dosovitskiy et al., 2021) for Keras 3: models, "
         "official checkpoints, training, export.",
     )
-    from keras_vit import __version__
+    from keras_vit.version import __version__
 
     parser.add_argument("--version", action="version", version=f"keras-vit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

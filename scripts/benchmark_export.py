@@ -41,7 +41,7 @@ def benchmark_variant(variant, folder, runs, threads, precisions, image_size=224
     from ai_edge_litert.interpreter import Interpreter
 
     import keras_vit
-    from keras_vit import export
+    from keras_vit.deploy import export
 
     keras.utils.set_random_seed(0)
     model = keras_vit.ViT(variant, num_classes=1000, image_size=image_size)

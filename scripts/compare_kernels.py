@@ -7,7 +7,7 @@
 import argparse
 import json
 
-from keras_vit import benchmark
+from keras_vit.tools import benchmark
 
 
 def main():

@@ -9,7 +9,7 @@ Ops run one at a time here (inter-op parallelism 1), so each duration is the op'
 import argparse
 import json
 
-from keras_vit import benchmark
+from keras_vit.tools import benchmark
 
 
 def main():

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.models import VisionTransformer
+from keras_vit.core.models import VisionTransformer
 
 OTHER_BACKEND = "jax" if keras.backend.backend() != "jax" else "tensorflow"
 _CHILD = textwrap.dedent(

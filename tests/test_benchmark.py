@@ -2,7 +2,7 @@
 
 import json
 
-from keras_vit import benchmark
+from keras_vit.tools import benchmark
 from keras_vit.cli import main
 
 
@@ -14,7 +14,7 @@ def test_a_model_case_runs_in_its_own_process_and_reports_consistent_figures():
     assert result["model"] == "keras_vit ViT-Ti/16" and result["backend"] == "tensorflow"
     # images/s and FLOP/s describe the same timing: their ratio is the model's FLOPs per image.
     import keras_vit
-    from keras_vit.models import forward_flops
+    from keras_vit.core.models import forward_flops
 
     flops = forward_flops(keras_vit.ViT("Ti/16", image_size=32))
     assert abs(result["flops_per_second"] / result["images_per_second"] - flops) / flops < 1e-9
@@ -60,7 +60,8 @@ def test_cli_writes_json_and_a_table(tmp_path, capsys):
 
 def test_variant_flops_without_building_equal_the_built_models_count():
     import keras_vit
-    from keras_vit.models import forward_flops, variant_forward_flops
+    from keras_vit.core.models import forward_flops
+    from keras_vit.zoo import variant_forward_flops
 
     for variant, size, classes in (("Ti/16", 224, 1000), ("S/32", 96, 10), ("B/16", 384, 1000)):
         assert variant_forward_flops(variant, size, classes) == forward_flops(
@@ -74,7 +75,7 @@ def test_keras_hub_peer_is_measured_at_the_same_variant_in_its_own_process():
     )
     assert "error" not in result, result
     assert result["model"].startswith("keras_hub ") and "ViTImageClassifier" in result["model"]
-    from keras_vit.models import variant_forward_flops
+    from keras_vit.zoo import variant_forward_flops
 
     flops = variant_forward_flops("Ti/16", 32)
     assert abs(result["flops_per_second"] / result["images_per_second"] - flops) / flops < 1e-9
@@ -90,7 +91,7 @@ def test_standard_suite_adds_installed_peers_and_cli_refuses_unknown_ones(capsys
 
 
 def test_fused_and_portable_comparison_reports_both_forms_on_one_peak():
-    from keras_vit.models import variant_forward_flops
+    from keras_vit.zoo import variant_forward_flops
 
     result = benchmark.compare_fused_and_portable("training", "Ti/16", image_size=32, batch=2, rounds=2)
     step_flops = 3 * variant_forward_flops("Ti/16", 32)  # forward + backward per image

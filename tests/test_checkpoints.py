@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import checkpoints
-from keras_vit.checkpoints import from_npz, load_npz, save_npz
+from keras_vit import zoo
+from keras_vit.weights import npz as checkpoints, published
+from keras_vit.weights.npz import from_npz, load_npz, save_npz
 
 DATA = pathlib.Path(__file__).parent / "data"
 PLAIN_CASES = ["vit_token", "vit_i21k_style", "vit_gap"]
@@ -217,12 +218,12 @@ def test_model_pre_logits_missing_from_checkpoint_is_an_error():
 # --------------------------------------------------------------------------- published weights
 def test_published_name_downloads_once_from_file_url(tmp_path, monkeypatch):
     bucket = tmp_path / "bucket"
-    relative = checkpoints.published_weights("Ti/16")["augreg_in21k"]
+    relative = zoo.published_weights("Ti/16")["augreg_in21k"]
     small = keras_vit.ViT("Ti/16", image_size=32, num_classes=4, num_layers=1)
     for weight in small.weights:
         weight.assign(np.random.default_rng(1).normal(size=weight.shape))
     save_npz(small, bucket / relative)
-    monkeypatch.setenv(checkpoints.WEIGHTS_URL_ENV, bucket.as_uri())
+    monkeypatch.setenv(published.WEIGHTS_URL_ENV, bucket.as_uri())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     model = keras_vit.ViTTi16(num_classes=4, image_size=32, num_layers=1, weights="augreg_in21k")
     cached = tmp_path / "keras_home" / "keras_vit" / os.path.basename(relative)
@@ -235,7 +236,7 @@ def test_published_name_downloads_once_from_file_url(tmp_path, monkeypatch):
 
 
 def test_offline_download_names_url_and_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv(checkpoints.WEIGHTS_URL_ENV, (tmp_path / "empty").as_uri())
+    monkeypatch.setenv(published.WEIGHTS_URL_ENV, (tmp_path / "empty").as_uri())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     with pytest.raises(RuntimeError, match=r"Could not download the 'imagenet21k' weights of ViT-B/16 from file://.*ViT-B_16.npz.*put it at .*keras_home/keras_vit/ViT-B_16.npz"):
         keras_vit.ViTB16(weights="imagenet21k")
@@ -247,8 +248,8 @@ def test_unknown_weights_name_lists_the_accepted_ones():
 
 
 def test_published_urls_follow_the_bucket_layout():
-    assert checkpoints.weights_url("B/16", "imagenet21k") == "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz"
-    assert checkpoints.weights_url("R50+B/16", "imagenet21k+imagenet2012").endswith("imagenet21k+imagenet2012/R50+ViT-B_16.npz")
-    assert checkpoints.weights_url("S/16", "augreg_in21k_ft_in1k").endswith(
+    assert zoo.weights_url("B/16", "imagenet21k") == "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz"
+    assert zoo.weights_url("R50+B/16", "imagenet21k+imagenet2012").endswith("imagenet21k+imagenet2012/R50+ViT-B_16.npz")
+    assert zoo.weights_url("S/16", "augreg_in21k_ft_in1k").endswith(
         "augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"
     )

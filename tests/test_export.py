@@ -18,8 +18,9 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import keras_vit
-from keras_vit import export
-from keras_vit.checkpoints import from_npz
+from keras_vit.data import images as image_files
+from keras_vit.deploy import export
+from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
 from keras_vit.data import load_embedded_mnist, scale_pixels
 
@@ -33,7 +34,8 @@ def _train_mnist_model(directory):
     A fully trained model, not a quick fit: full-integer int8 keeps >= 99% top-1 agreement
     on it (99.7%), while briefly trained models sit at the threshold (98.4-99.3%).
     """
-    from keras_vit.training import TrainConfig, train
+    from keras_vit.training.config import TrainConfig
+    from keras_vit.training.fit import train
 
     metrics = train(TrainConfig(output=str(directory)), verbose=0)
     return keras.saving.load_model(os.path.join(metrics["run_dir"], "model.keras"))
@@ -139,7 +141,7 @@ def test_savedmodel_bytes_signature_gives_keras_top1_on_the_same_decoded_image(m
     large = tf.image.resize(np.repeat(digits[..., None], 3, axis=-1).astype("float32"), (56, 56))
     large = tf.cast(tf.round(large), tf.uint8).numpy()
     encoded += [tf.io.encode_jpeg(image).numpy() for image in large]
-    decoded = np.stack([export.decode_and_resize(tf.constant(data), (28, 28), 1).numpy() for data in encoded])
+    decoded = np.stack([image_files.decode_and_resize(tf.constant(data), (28, 28), 1).numpy() for data in encoded])
     loaded = tf.saved_model.load(str(run / "export" / "saved_model"))
     result = loaded.signatures["serving_default"](images=tf.constant(encoded))
     keras_top1 = _keras(model, decoded).argmax(-1)

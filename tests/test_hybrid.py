@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit import hybrid
-from keras_vit.checkpoints import from_npz, save_npz
+from keras_vit.core import hybrid
+from keras_vit.weights.npz import from_npz, save_npz
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_vit import layers
-from keras_vit.layers import DropPath, MLP, Patches, PatchEncoder, TokenPooling, TransformerBlock
+from keras_vit.core import layers
+from keras_vit.core.layers import DropPath, MLP, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
 def _config_round_trip(layer):

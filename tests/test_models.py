@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import keras_vit
-from keras_vit.models import BUILDERS, VisionTransformer, forward_flops
+from keras_vit.core.models import VisionTransformer, forward_flops
+from keras_vit.zoo import builders
+
+BUILDERS = builders(hybrids=False)
 
 # Parameter counts of the original models (1000 classes, 224x224), from the reference README.
 ORIGINAL_PARAMS = {

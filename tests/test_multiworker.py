@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from keras_vit import multiworker
+from keras_vit.training import multiworker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vit import export, predict
-from keras_vit.checkpoints import from_npz
+from keras_vit.data import images as image_files
+from keras_vit.deploy import artifacts, export, predict
+from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -46,7 +47,7 @@ def image_files(tmp_path_factory):
     large = folder / "large.jpg"
     large.write_bytes(tf.io.encode_jpeg(np.tile(pixels[0], (2, 3, 1))).numpy())
     paths.append(str(large))
-    decoded = np.stack([export.decode_and_resize(tf.io.read_file(p), (32, 32), 3).numpy() for p in paths])
+    decoded = np.stack([image_files.decode_and_resize(tf.io.read_file(p), (32, 32), 3).numpy() for p in paths])
     return paths, decoded
 
 
@@ -78,14 +79,14 @@ def test_artifact_kinds_and_input_specs(exported):
         str(run / "export" / "model.onnx"): "onnx",
     }
     for path, kind in kinds.items():
-        artifact = predict.load_artifact(path)
+        artifact = artifacts.load_artifact(path)
         assert (artifact.kind, artifact.image_size, artifact.channels, artifact.class_names) == (kind, (32, 32), 3, NAMES)
 
 
 def test_full_integer_tflite_runs_on_int8_input(exported, image_files):
     run, _ = exported
     paths, _ = image_files
-    artifact = predict.load_artifact(str(run / "export" / "model_int8.tflite"))
+    artifact = artifacts.load_artifact(str(run / "export" / "model_int8.tflite"))
     assert artifact.input_dtype == np.int8
     result = predict.predict_files(artifact, paths, top_k=10)
     for item in result["predictions"]:
@@ -133,17 +134,17 @@ def test_unknown_artifact_kinds_are_refused_with_the_accepted_kinds(tmp_path, ca
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"\x00")
     with pytest.raises(ValueError, match=r"Cannot tell what kind of model .*model.pt.*\.keras file.*SavedModel.*\.tflite.*\.onnx"):
-        predict.load_artifact(str(weights))
+        artifacts.load_artifact(str(weights))
     with pytest.raises(ValueError, match="Cannot tell what kind"):
-        predict.load_artifact(str(tmp_path))  # a folder with neither saved_model.pb nor model.keras
+        artifacts.load_artifact(str(tmp_path))  # a folder with neither saved_model.pb nor model.keras
     assert main(["predict", str(weights), "x.png"]) == 2
     assert "keras-vit predict: error: Cannot tell what kind of model" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="No such model or artifact"):
-        predict.load_artifact(str(tmp_path / "absent.tflite"))
+        artifacts.load_artifact(str(tmp_path / "absent.tflite"))
 
 
 def test_wrong_image_shapes_are_refused_naming_the_shape(exported):
     run, _ = exported
-    artifact = predict.load_artifact(str(run / "export" / "model_float32.tflite"))
+    artifact = artifacts.load_artifact(str(run / "export" / "model_float32.tflite"))
     with pytest.raises(ValueError, match=r"takes images of shape \(B, 32, 32, 3\); got \(2, 28, 28, 1\)"):
         artifact.run(np.zeros((2, 28, 28, 1), "float32"))

@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 
 from keras_vit import cli
-from keras_vit.training import (
-    TrainConfig,
-    build_model,
-    build_optimizer,
-    compile_model,
-    evaluate,
-    load_config_file,
-    resolve_config,
-    train,
-)
+from keras_vit.training.config import TrainConfig, load_config_file, resolve_config
+from keras_vit.training.fit import evaluate, train
+from keras_vit.training.recipes import build_model, build_optimizer, compile_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny ViT that trains a few steps in seconds.
@@ -246,8 +239,9 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
         import json, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from keras_vit.training import (TrainConfig, build_model, build_optimizer, build_strategy, compile_model,
-                                        resolve_config, train)
+        from keras_vit.training.config import TrainConfig, resolve_config
+        from keras_vit.training.fit import train
+        from keras_vit.training.recipes import build_model, build_optimizer, build_strategy, compile_model
         config = resolve_config(TrainConfig(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, epochs=2,
                                             warmup_epochs=0, clipnorm=0.5, output="unused"))
         rng = np.random.default_rng(0)
@@ -336,7 +330,7 @@ def test_run_killed_with_sigkill_mid_epoch_resumes_and_ends_with_the_same_step_c
 
 
 def test_precision_and_jit_compile_resolution_and_a_bfloat16_run(tmp_path):
-    from keras_vit.training import resolve_jit_compile, resolve_precision
+    from keras_vit.training.recipes import resolve_jit_compile, resolve_precision
 
     assert [resolve_precision("auto", d) for d in ("gpu", "tpu", "cpu")] == ["mixed_float16", "mixed_bfloat16", "float32"]
     assert resolve_precision("mixed_bfloat16", "cpu") == "mixed_bfloat16"
@@ -352,7 +346,7 @@ def test_precision_and_jit_compile_resolution_and_a_bfloat16_run(tmp_path):
 
 
 def test_finetune_from_an_npz_checkpoint_with_zero_head_and_accumulation(tmp_path):
-    from keras_vit.checkpoints import from_npz
+    from keras_vit.weights.npz import from_npz
 
     checkpoint = os.path.join(REPO, "tests", "data", "vit_token.npz")
     architecture = dict(variant="Ti/8", hidden_size=48, num_heads=3, mlp_dim=96, num_layers=2, image_size=32)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from keras_vit import visualize
-from keras_vit.checkpoints import from_npz, read_npz
+from keras_vit.weights.npz import from_npz, read_npz
 from keras_vit.cli import main
-from keras_vit.models import VisionTransformer
+from keras_vit.core.models import VisionTransformer
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -1,8 +1,8 @@
-"""Vision Transformer models built with the functional API, and the paper's family.
+"""The Vision Transformer as one functional Keras model.
 
 ``VisionTransformer`` is a functional ``keras.Model`` whose ``get_config`` returns its
-constructor's arguments, so ``.keras`` files rebuild it exactly. ``ViT(variant, ...)``
-decodes a variant string; ``ViTB16(...)`` and friends are one-line builders over it.
+constructor's arguments, so ``.keras`` files rebuild it exactly. The paper's family of
+named variants (``ViT("B/16")``, ``ViTB16(...)``) is built over it in :mod:`keras_vit.zoo`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Optional
 
 import keras
 
-from keras_vit import hybrid
-from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, decode_variant, variant_names
-from keras_vit.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
+from keras_vit import backends
+from keras_vit.core import hybrid
+from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair
+from keras_vit.core.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
 @contextlib.contextmanager
@@ -185,6 +186,20 @@ class VisionTransformer(keras.Model):
         self._check_images(inputs)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
+    # Keras's own steps (fit, evaluate, predict and the *_on_batch calls) trace with the
+    # fused TensorFlow-CPU forms where they apply; any other trace (exporters) is portable.
+    def train_step(self, *args, **kwargs):
+        with backends.fused_forms():
+            return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with backends.fused_forms():
+            return super().test_step(*args, **kwargs)
+
+    def predict_step(self, *args, **kwargs):
+        with backends.fused_forms():
+            return super().predict_step(*args, **kwargs)
+
     def _check_images(self, images):
         shape = tuple(getattr(images, "shape", ()))
         expected = (self.image_size[0], self.image_size[1], self.channels)
@@ -232,81 +247,7 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
-def ViT(
-    variant: str = "B/16",
-    *,
-    num_classes: int = 1000,
-    image_size=224,
-    weights: Optional[str] = None,
-    name: Optional[str] = None,
-    **kwargs,
-) -> VisionTransformer:
-    """Builds a Vision Transformer of the paper's family from a variant string.
-
-    Args:
-        variant: ``"Ti/16"``, ``"S/16"``, ``"B/16"``, ``"L/32"``, ... (any patch size), or a
-            hybrid such as ``"R50+B/16"``.
-        num_classes: classes of the head.
-        image_size: int or (height, width).
-        weights: None (random init), a path to an original ``.npz`` checkpoint, or a
-            published name (``"imagenet21k"``, ``"imagenet21k+imagenet2012"``, AugReg
-            names; see ``keras_vit.checkpoints.PUBLISHED``), adapted to this model as the
-            original fine-tuning loader does.
-        name: model name; defaults to ``vit_b16``-style.
-        **kwargs: any other :class:`VisionTransformer` argument (``pooling``,
-            ``include_top``, ``representation_size``, ``dropout``, ``channels``, ...),
-            overriding the variant's.
-    """
-    config = decode_variant(variant)
-    arguments = dict(
-        patch_size=config.patch_size,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        mlp_dim=config.mlp_dim,
-        resnet=config.resnet,
-    )
-    arguments.update(kwargs)
-    if name is None:
-        name = "vit_" + variant.lower().replace("/", "").replace("+", "_")
-    model = VisionTransformer(image_size=image_size, num_classes=num_classes, name=name, **arguments)
-    if weights is not None:
-        from keras_vit import checkpoints  # noqa: PLC0415  (checkpoints imports this module)
-
-        checkpoints.load_weights(model, weights, variant=variant)
-    return model
-
-
-def _builder(variant):
-    def build(num_classes=1000, *, image_size=224, weights=None, **kwargs):
-        return ViT(variant, num_classes=num_classes, image_size=image_size, weights=weights, **kwargs)
-
-    build.__name__ = "ViT" + variant.replace("/", "").replace("+", "_")
-    build.__doc__ = f"ViT-{variant} of the paper. Arguments as :func:`keras_vit.ViT`."
-    return build
-
-
-ViTTi16 = _builder("Ti/16")
-ViTS16 = _builder("S/16")
-ViTS32 = _builder("S/32")
-ViTB8 = _builder("B/8")
-ViTB16 = _builder("B/16")
-ViTB32 = _builder("B/32")
-ViTL16 = _builder("L/16")
-ViTL32 = _builder("L/32")
-ViTH14 = _builder("H/14")
-
-BUILDERS = {variant: globals()["ViT" + variant.replace("/", "")] for variant in variant_names()}
-
-# The paper's hybrids: patches from a ResNet v2 feature map (see keras_vit.hybrid).
-ViTR_Ti16 = _builder("R+Ti/16")
-ViTR26_S32 = _builder("R26+S/32")
-ViTR26_B32 = _builder("R26+B/32")
-ViTR50_B16 = _builder("R50+B/16")
-ViTR50_L32 = _builder("R50+L/32")
-
-
-def _block_flops(tokens: int, width: int, mlp_dim: int) -> int:
+def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
     # One encoder block's matrix products over ``tokens`` tokens of ``width``.
     projections = 2 * tokens * width * 4 * width  # q, k, v and output projections
     attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
@@ -327,58 +268,9 @@ def forward_flops(model: VisionTransformer) -> int:
         elif isinstance(layer, PatchEncoder):
             flops += 2 * layer.num_patches * layer.projection.kernel.shape[0] * layer.hidden_size
         elif isinstance(layer, TransformerBlock):
-            flops += _block_flops(layer.output.shape[1], layer.output.shape[2], layer.mlp_dim)
+            flops += block_flops(layer.output.shape[1], layer.output.shape[2], layer.mlp_dim)
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
         elif isinstance(layer, hybrid.BottleneckUnit):
             flops += layer.flops(layer.input.shape)
     return flops
-
-
-def variant_forward_flops(variant: str, image_size: int = 224, num_classes: int = 1000) -> int:
-    """:func:`forward_flops` of ``ViT(variant, image_size, num_classes)`` (class token, no
-    pre-logits, no ResNet), from the variant's numbers alone, without building the model."""
-    spec = decode_variant(variant)
-    if spec.resnet is not None:
-        raise ValueError(f"variant_forward_flops covers plain ViTs; {variant!r} is a hybrid (use forward_flops).")
-    height, width = as_pair(image_size, "image_size")
-    patches = (height // spec.patch_size[0]) * (width // spec.patch_size[1])
-    hidden = spec.hidden_size
-    embedding = 2 * patches * spec.patch_size[0] * spec.patch_size[1] * 3 * hidden
-    blocks = spec.num_layers * _block_flops(patches + 1, hidden, spec.mlp_dim)
-    return embedding + blocks + 2 * hidden * num_classes
-
-
-HYBRID_BUILDERS = {
-    "R+Ti/16": ViTR_Ti16,
-    "R26+S/32": ViTR26_S32,
-    "R26+B/32": ViTR26_B32,
-    "R50+B/16": ViTR50_B16,
-    "R50+L/32": ViTR50_L32,
-}
-
-
-def variant_table(include_hybrids: bool = False, image_size: int = 224, num_classes: int = 1000):
-    """One row per variant, computed from the built model: architecture, params, GFLOPs."""
-    builders = dict(BUILDERS)
-    if include_hybrids:
-        builders.update(HYBRID_BUILDERS)
-    rows = []
-    for variant, build in builders.items():
-        model = build(num_classes=num_classes, image_size=image_size)
-        rows.append(
-            {
-                "model": f"ViT-{variant}",
-                "builder": build.__name__,
-                "layers": model.num_layers,
-                "width": model.hidden_size,
-                "heads": model.num_heads,
-                "mlp": model.mlp_dim,
-                "patch": model.patch_size[0],
-                "params": model.count_params(),
-                f"GFLOPs@{image_size}": forward_flops(model) / 1e9,
-            }
-        )
-        del model
-        keras.backend.clear_session()
-    return rows

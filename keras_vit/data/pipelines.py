@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "data", "mnist5k.npz")
+EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "mnist5k.npz")
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
 MNIST_VALIDATION_PER_CLASS = 100
 

@@ -141,3 +141,31 @@ class ReplicaSafeSGD(_ClipAfterAllReduce, SGD):
 @keras.saving.register_keras_serializable(package="keras_vit")
 class ReplicaSafeAdamW(_ClipAfterAllReduce, AdamW):
     """:class:`AdamW` clipping the all-reduced gradient (see ``_ClipAfterAllReduce``)."""
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Steps a schedule once per optimizer update when gradients are accumulated.
+
+    Keras evaluates a schedule at the micro-batch count (``optimizer._iterations``), so
+    with accumulation over N micro-batches it would run N times too fast; this divides
+    the step by N first.
+
+    Args:
+        schedule: a ``LearningRateSchedule`` over optimizer updates.
+        accumulation: micro-batches per update.
+    """
+
+    def __init__(self, schedule, accumulation):
+        self.schedule = schedule
+        self.accumulation = accumulation
+
+    def __call__(self, step):
+        return self.schedule(keras.ops.floor_divide(step, self.accumulation))
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "accumulation": self.accumulation}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["accumulation"])

@@ -47,11 +47,6 @@ class ViTConfig:
     resnet: Optional[Tuple[Tuple[int, ...], float]] = None  # (stage sizes, width factor)
 
 
-def variant_names():
-    """The plain (non-hybrid) variants that have builders, in table order."""
-    return ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]
-
-
 def decode_variant(variant: str) -> ViTConfig:
     """Decodes ``"B/16"`` (any width, any patch size) or a hybrid such as ``"R50+B/16"``.
 

@@ -23,154 +23,34 @@ import tempfile
 
 import numpy as np
 
-from keras_vit.data import scale_pixels
-from keras_vit.tf_kernels import portable_ops
-
-FORMATS = ("savedmodel", "tflite", "onnx")
-TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
-DEFAULT_OPSET = 17
-DEFAULT_TOP_K = 5
-SAVEDMODEL_DIRNAME = "saved_model"
-ONNX_FILENAME = "model.onnx"
-LABELS_FILENAME = "labels.txt"
-MANIFEST_FILENAME = "manifest.json"
-SAMPLES_DIRNAME = "samples"
-BYTES_SIGNATURE = "serving_default"
-FLOAT_SIGNATURE = "serving_images"
-
-# Largest accepted parity figures. Float artifacts compare raw outputs (max abs difference,
-# relative to the outputs' scale once it exceeds 1); int8 artifacts compare decisions.
-DEFAULT_TOLERANCES = {
-    "float32": 1e-4,
-    "float16": 1e-2,
-    "int8_min_top1_agreement": 0.99,
-    "int8_max_accuracy_drop": 0.01,
-}
-# Calibration and verification sample sizes taken from a dataset.
-CALIBRATION_SAMPLES = 1000
-VERIFICATION_SAMPLES = 1000
-RANDOM_VERIFICATION_SAMPLES = 16
-
-
-def tflite_filename(precision):
-    """File name of the TFLite artifact of a precision, e.g. ``model_int8.tflite``."""
-    return f"model_{precision}.tflite"
-
+from keras_vit import run_folder
+from keras_vit.data import load_embedded_mnist, scale_pixels
+from keras_vit.data.images import decode_and_resize, list_image_files, read_images
+from keras_vit.deploy.artifacts import (
+    BYTES_SIGNATURE,
+    CALIBRATION_SAMPLES,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCES,
+    DEFAULT_TOP_K,
+    FLOAT_SIGNATURE,
+    FORMATS,
+    LABELS_FILENAME,
+    MANIFEST_FILENAME,
+    ONNX_FILENAME,
+    RANDOM_VERIFICATION_SAMPLES,
+    SAMPLES_DIRNAME,
+    SAVEDMODEL_DIRNAME,
+    TFLITE_PRECISIONS,
+    VERIFICATION_SAMPLES,
+    load_artifact,
+    load_keras_model,
+    model_input_spec,
+    model_output_kind,
+    parse_class_names,
+    tflite_filename,
+)
 
 # --------------------------------------------------------------------------- inputs
-def load_keras_model(path):
-    """Loads a ``.keras`` model file (or the ``model.keras`` of a run folder) for inference.
-
-    Args:
-        path: a ``.keras`` file, or a run folder holding ``model.keras``.
-
-    Returns:
-        The Keras model, not compiled.
-
-    Raises:
-        FileNotFoundError: when there is no such file.
-        ValueError: when the path is not a ``.keras`` file or run folder.
-    """
-    import keras
-
-    import keras_vit  # noqa: F401  (registers the layers for deserialisation)
-
-    model_path = resolve_model_path(path)
-    return keras.saving.load_model(model_path, compile=False)
-
-
-def resolve_model_path(path):
-    """The ``.keras`` file that ``path`` (a file or a run folder) names."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        candidate = os.path.join(path, "model.keras")
-        if not os.path.isfile(candidate):
-            raise FileNotFoundError(
-                f"Run folder {path!r} holds no model.keras; pass a .keras file or a run folder "
-                f"written by training (saved_models/<run>/model.keras)."
-            )
-        return candidate
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such model file: {path!r}.")
-    if not path.endswith(".keras"):
-        raise ValueError(f"Expected a .keras model file or a run folder; got {path!r}.")
-    return path
-
-
-def default_export_dir(model_path):
-    """``<folder of the .keras file>/export``: ``saved_models/<run>/export`` for a run."""
-    return os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(model_path))), "export")
-
-
-def run_class_names(model_path):
-    """Class names stored in the run folder's ``config.json`` under ``class_names``, or None."""
-    config_path = os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(model_path))), "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path) as file:
-        try:
-            config = json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"Cannot read {config_path!r} as JSON: {error}.") from error
-    names = config.get("class_names") if isinstance(config, dict) else None
-    return [str(name) for name in names] if names else None
-
-
-def parse_class_names(spec, num_classes):
-    """Class names from a list, a comma-separated string or a file (one name per line).
-
-    Args:
-        spec: None, a list of names, ``"cat,dog"``, or the path of a text file.
-        num_classes: how many names the model needs.
-
-    Returns:
-        A list of ``num_classes`` strings; ``"0"`` .. ``"K-1"`` when ``spec`` is None.
-
-    Raises:
-        ValueError: when the number of names is not ``num_classes``.
-    """
-    if spec is None:
-        return [str(index) for index in range(num_classes)]
-    if isinstance(spec, str):
-        if os.path.isfile(spec):
-            with open(spec) as file:
-                names = [line.strip() for line in file if line.strip()]
-            source = f"file {spec!r}"
-        else:
-            names = [name.strip() for name in spec.split(",")]
-            source = f"{spec!r}"
-    else:
-        names = [str(name) for name in spec]
-        source = "the list given"
-    if len(names) != num_classes:
-        raise ValueError(
-            f"The model has {num_classes} classes but {source} gives {len(names)} class names; "
-            f"give exactly {num_classes} (comma-separated or one per line in a file)."
-        )
-    return names
-
-
-def model_input_spec(model):
-    """``(height, width, channels)`` of a model's image input."""
-    shape = model.inputs[0].shape
-    if len(shape) != 4 or any(size is None for size in shape[1:]):
-        raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
-    return int(shape[1]), int(shape[2]), int(shape[3])
-
-
-def model_output_kind(model):
-    """``"logits"`` when the model's head has no activation, else ``"probabilities"``."""
-    activation = getattr(model, "classifier_activation", None)
-    if activation in (None, "linear"):
-        return "logits"
-    if activation == "softmax":
-        return "probabilities"
-    raise ValueError(
-        f"Cannot serve class probabilities from a head with activation {activation!r}; "
-        f"export a model whose head returns logits (None) or 'softmax'."
-    )
-
-
 def export_data(model, images_dir=None, seed=0):
     """Calibration and verification images for a model, from the best source available.
 
@@ -192,8 +72,6 @@ def export_data(model, images_dir=None, seed=0):
     """
     height, width, channels = model_input_spec(model)
     if images_dir is not None:
-        from keras_vit.predict import list_image_files, read_images
-
         paths = list_image_files(images_dir)
         if not paths:
             raise ValueError(f"Found no image files in {images_dir!r} to calibrate and verify with.")
@@ -209,8 +87,6 @@ def export_data(model, images_dir=None, seed=0):
             source=f"{len(read)} images from {images_dir}",
         )
     if (height, width, channels) == (28, 28, 1):
-        from keras_vit.data import load_embedded_mnist
-
         (x_train, _), (x_val, y_val) = load_embedded_mnist()
         # One validation digit of each class for the sample PNGs.
         sample_index = [int(np.flatnonzero(y_val == digit)[0]) for digit in range(10)]
@@ -239,11 +115,8 @@ def _describe_errors(errors):
 
 # --------------------------------------------------------------------------- writers
 def _exported_call(model, images):
-    # Every exported graph traces the plain Keras forms: TFLite and ONNX have no
-    # training-mode batch norm (tf_kernels.layer_norm), and a SavedModel may be served on
-    # GPUs, whose cuDNN batch norm refuses epsilon 1e-6.
-    with portable_ops():
-        return model(images, training=False)
+    # A trace outside Keras's own steps gets the portable graph (keras_vit.backends).
+    return model(images, training=False)
 
 
 def _float_function(model):
@@ -263,21 +136,6 @@ def _probabilities(outputs, output_kind):
     import tensorflow as tf
 
     return tf.nn.softmax(outputs, axis=-1) if output_kind == "logits" else outputs
-
-
-def decode_and_resize(encoded, image_size, channels):
-    """Encoded image bytes (scalar string tensor) -> (H, W, C) float32 in [-1, 1].
-
-    Decodes JPEG/PNG/BMP/GIF (the first frame), converts to ``channels``, resizes with
-    bilinear interpolation to ``image_size`` and scales by x / 127.5 - 1: the
-    preprocessing of the SavedModel's bytes signature and of ``keras-vit predict``.
-    """
-    import tensorflow as tf
-
-    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-    image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
-    image = tf.ensure_shape(image, (image_size[0], image_size[1], channels))
-    return scale_pixels(image)
 
 
 def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
@@ -506,8 +364,6 @@ def run_artifact(path, images, kind=None):
     Returns:
         (B, K) float32 raw outputs (dequantized for int8 TFLite).
     """
-    from keras_vit.predict import load_artifact
-
     return load_artifact(path, kind=kind).run(np.asarray(images, dtype="float32"))
 
 
@@ -669,11 +525,12 @@ def export_model(
         precisions = []
     model_path = None
     if not isinstance(model, keras.Model):
-        model_path = resolve_model_path(model)
+        model_path = run_folder.resolve_model_path(model)
+        run = run_folder.of_model(model_path)
         if class_names is None:
-            class_names = run_class_names(model_path)
+            class_names = run.class_names()
         if output_dir is None:
-            output_dir = default_export_dir(model_path)
+            output_dir = run.export_dir
         model = load_keras_model(model_path)
     elif output_dir is None:
         raise ValueError("output_dir is required when exporting a model object (not a .keras file).")
@@ -773,7 +630,7 @@ def export_model(
             shutil.rmtree(samples_dir)
         paths = write_sample_images(data["samples"], data["sample_labels"], class_names, samples_dir)
         samples = [os.path.relpath(p, output_dir) for p in paths]
-    from keras_vit import __version__
+    from keras_vit.version import __version__
 
     manifest = {
         "keras_vit_version": __version__,

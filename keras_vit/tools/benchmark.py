@@ -3,7 +3,7 @@
 Every case runs in a fresh child process, so that its peak memory is its own and the
 backend (``KERAS_BACKEND``) can differ between cases of one run. The figures reported:
 images per second of inference and of a full training step (forward, backward, optimizer),
-the FLOP rate that corresponds to (model FLOPs from :func:`keras_vit.models.forward_flops`;
+the FLOP rate that corresponds to (model FLOPs from :func:`keras_vit.core.models.forward_flops`;
 a training step counted as 3x the forward pass), the machine's own matrix-multiply rate in
 the same dtype measured in the same run, the fraction achieved, and the peak resident memory.
 """
@@ -98,7 +98,7 @@ def _build(variant, image_size, dtype_policy, num_classes=1000):
     import keras
 
     import keras_vit
-    from keras_vit.models import forward_flops
+    from keras_vit.core.models import forward_flops
 
     keras.mixed_precision.set_global_policy(dtype_policy)
     model = keras_vit.ViT(variant, image_size=image_size, num_classes=num_classes)
@@ -125,13 +125,13 @@ def model_case(
     or of a peer's (``peer="keras_hub"``) at the same variant; FLOPs are keras_vit's count."""
     import keras
 
-    from keras_vit import optimizers
+    from keras_vit.training import optimizers
 
     if peer is None:
         model, flops = _build(variant, image_size, dtype_policy)
         name = f"keras_vit ViT-{variant}"
     else:
-        from keras_vit.models import variant_forward_flops
+        from keras_vit.zoo import variant_forward_flops
 
         if not peer_installed(peer):
             raise ValueError(f"Peer {peer!r} is not installed here (pip install keras-hub).")
@@ -227,7 +227,7 @@ def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy
     import keras
     import tensorflow as tf
 
-    from keras_vit import optimizers
+    from keras_vit.training import optimizers
 
     model, flops = _build(variant, image_size, dtype_policy)
     images, labels = (tf.constant(array) for array in _random_batch(batch, image_size))
@@ -251,12 +251,20 @@ def _raw_step(mode: str, variant: str, image_size: int, batch: int, dtype_policy
     return step, images, labels, 3 * flops
 
 
+@contextlib.contextmanager
+def _fused_without_xla():
+    from keras_vit import backends
+
+    with backends.fused_forms(), backends.without_xla():
+        yield
+
+
 def compare_fused_and_portable(
     mode: str = "inference", variant: str = "B/16", image_size: int = 224, batch: int = 8,
     dtype_policy: str = "float32", rounds: int = 8,
 ) -> Dict:
-    """One model traced with :mod:`keras_vit.tf_kernels`'s fused forms and under
-    ``portable_ops()`` (plain Keras forms), and in training also under ``without_xla()``,
+    """One model traced with :mod:`keras_vit.backends`'s fused forms and without them
+    (the portable forms), and in training also under ``without_xla()``,
     each form timed in turn with the matmul peak.
 
     Returns images/s and the fraction of the matmul rate of each form (``result["forms"]``
@@ -265,15 +273,15 @@ def compare_fused_and_portable(
     import keras
     import tensorflow as tf
 
-    from keras_vit import tf_kernels
+    from keras_vit import backends
 
     step, images, labels, flops = _raw_step(mode, variant, image_size, batch, dtype_policy)
     # Each form traced in its own context; "fused_without_xla" (training only) is the fused
     # kernels with the training GELU as plain TensorFlow ops rather than XLA loops.
-    contexts = {"fused": contextlib.nullcontext}
+    contexts = {"fused": backends.fused_forms}
     if mode == "training":
-        contexts["fused_without_xla"] = tf_kernels.without_xla
-    contexts["portable"] = tf_kernels.portable_ops
+        contexts["fused_without_xla"] = _fused_without_xla
+    contexts["portable"] = contextlib.nullcontext
     forms = {}
     for name, context in contexts.items():
         with context():
@@ -352,8 +360,12 @@ def op_profile(mode: str = "inference", variant: str = "B/16", image_size: int =
     """
     import tensorflow as tf
 
+    from keras_vit import backends
+
     python_step, images, labels, _ = _raw_step(mode, variant, image_size, batch, dtype_policy)
     step = tf.function(python_step)
+    with backends.fused_forms():  # the step as training and prediction trace it
+        step.get_concrete_function(images, labels)
     profile = kernel_times(lambda: np.asarray(step(images, labels)))
     return {"mode": mode, "variant": variant, "batch": batch, "dtype_policy": dtype_policy,
             "step_ms": profile["ms"], "ops": profile["ops"]}
@@ -374,7 +386,7 @@ def _keras_hub_vit(variant, image_size, num_classes=1000):
     # keras-hub's own ViT, at the same width, depth and heads as keras_vit's variant.
     import keras_hub
 
-    from keras_vit.config import decode_variant
+    from keras_vit.core.config import decode_variant
 
     spec = decode_variant(variant)
     backbone = keras_hub.models.ViTBackbone(
@@ -449,7 +461,7 @@ def run_case(case: Dict, backend: str = "tensorflow", timeout: float = 1800) -> 
     """Runs one case in a fresh child process on ``backend``; returns its result dict."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     child = subprocess.run(
-        [sys.executable, "-m", "keras_vit.benchmark", json.dumps(case)],
+        [sys.executable, "-m", "keras_vit.tools.benchmark", json.dumps(case)],
         env=env,
         capture_output=True,
         text=True,

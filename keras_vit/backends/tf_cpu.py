@@ -1,6 +1,6 @@
-"""TensorFlow forms of the block's hot paths that oneDNN runs as fused CPU kernels.
+"""The TensorFlow-CPU fused forms of the Transformer block: the only code that knows them.
 
-Each function computes exactly what the ``keras.ops`` form in :mod:`keras_vit.layers`
+Each function computes exactly what the ``keras.ops`` form in :mod:`keras_vit.core.layers`
 computes, written so that TensorFlow's graph optimizer (grappler's remapper, with oneDNN)
 turns it into one kernel where the portable form takes several passes over memory:
 
@@ -18,9 +18,10 @@ turns it into one kernel where the portable form takes several passes over memor
   either, its scale and shift go into the next matmul's weights (``normalize`` then
   ``dense`` / ``self_attention`` with ``input_affine``).
 
-The layers use these only on the TensorFlow backend, outside :func:`portable_ops` (the
-export paths trace inside it: TFLite and ONNX have no training-mode batch norm), and
-fall back to the portable form in every case these do not cover.
+:func:`transformer_block` assembles them into the block's forward pass; it and
+:func:`layer_norm_layer` are what :mod:`keras_vit.backends` defers to, and the only code
+in keras_vit that reads Keras's private ``MultiHeadAttention`` members. They apply only
+inside :func:`fused_forms` (see :mod:`keras_vit.backends`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _state = threading.local()
 
 @contextlib.contextmanager
 def _tracing_flag(name):
-    # Thread-local, so that one thread's export does not change another's training graph.
+    # Thread-local, so that one thread's trace does not change another's graph.
     previous = getattr(_state, name, False)
     setattr(_state, name, True)
     try:
@@ -43,9 +44,10 @@ def _tracing_flag(name):
         setattr(_state, name, previous)
 
 
-def portable_ops():
-    """Traces keras_vit layers with standard TensorFlow ops only (for exporters)."""
-    return _tracing_flag("portable")
+def fused_forms():
+    """Traces keras_vit layers with the fused forms where they apply (training and
+    inference steps); outside it every trace is portable (exporters)."""
+    return _tracing_flag("fused")
 
 
 def without_xla():
@@ -56,11 +58,11 @@ def without_xla():
     return _tracing_flag("without_xla")
 
 
-def enabled(compute_dtype) -> bool:
-    """Whether the fused forms apply: TensorFlow backend, CPU only, outside portable_ops."""
+def active(compute_dtype) -> bool:
+    """Whether the fused forms apply: inside fused_forms, TensorFlow backend, CPU only."""
     import keras
 
-    if keras.backend.backend() != "tensorflow" or getattr(_state, "portable", False):
+    if not getattr(_state, "fused", False) or keras.backend.backend() != "tensorflow":
         return False
     if compute_dtype not in ("float32", "bfloat16"):  # what oneDNN's fused kernels take
         return False
@@ -77,7 +79,7 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def dense(x, kernel, bias, activation=None, residual=None, training=False, input_affine=None):
+def dense_fused(x, kernel, bias, activation=None, residual=None, training=False, input_affine=None):
     """``activation(x @ kernel + bias) [+ residual]`` over the last axis of ``x``.
 
     As 2D ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]``, the pattern oneDNN runs as one
@@ -239,5 +241,124 @@ def self_attention(x, query, key, value, output, scale, dropout=None, return_sco
     weights = probabilities if dropout is None else dropout(probabilities)
     attended = tf.transpose(tf.matmul(weights, v), (0, 2, 1, 3))  # (B, T, H, d)
     attended = tf.reshape(attended, (-1, tokens, heads * head_dim))
-    y = dense(attended, tf.reshape(output[0], (heads * head_dim, -1)), output[1], residual=residual)
+    y = dense_fused(attended, tf.reshape(output[0], (heads * head_dim, -1)), output[1], residual=residual)
     return (y, probabilities) if return_scores else y
+
+
+# --------------------------------------------------------------------------- Keras layers
+def _plain_dense(dense) -> bool:
+    # A biased Dense / EinsumDense without LoRA or quantization: the kernel is its own variable.
+    return (
+        getattr(dense, "bias", None) is not None
+        and not getattr(dense, "lora_enabled", False)
+        and not getattr(dense, "quantization_mode", None)
+    )
+
+
+def layer_norm_applies(norm, x) -> bool:
+    """A LayerNorm over the last axis of rank-2 or rank-3 ``x``, with scale and shift."""
+    rank = len(x.shape)
+    return (
+        rank in (2, 3)
+        and [axis % rank for axis in norm.axis] == [rank - 1]
+        and norm.center
+        and norm.scale
+        and not getattr(norm, "rms_scaling", False)
+    )
+
+
+def layer_norm_layer(norm, x):
+    """``norm(x)`` for a Keras LayerNormalization that :func:`layer_norm_applies` to."""
+    import tensorflow as tf
+
+    return layer_norm(tf.cast(x, norm.compute_dtype), norm.gamma, norm.beta, norm.epsilon)
+
+
+def _attention_applies(attention) -> bool:
+    # Keras MultiHeadAttention with plain biased projections, no gate or sliding window.
+    projections = (attention._query_dense, attention._key_dense, attention._value_dense, attention._output_dense)
+    return (
+        attention._use_bias
+        and not getattr(attention, "_use_gate", False)
+        and getattr(attention, "_sliding_window", None) is None
+        and all(_plain_dense(dense) for dense in projections)
+    )
+
+
+def block_applies(block, x) -> bool:
+    """A built TransformerBlock on unmasked (B, T, D) tokens whose sub-layers all fuse."""
+    return (
+        len(x.shape) == 3
+        and getattr(x, "_keras_mask", None) is None
+        and layer_norm_applies(block.norm_1, x)
+        and layer_norm_applies(block.norm_2, x)
+        and _attention_applies(block.attention)
+        and _plain_dense(block.mlp.dense_0)
+        and _plain_dense(block.mlp.dense_1)
+    )
+
+
+def _dense_layer(dense, x, activation=None, residual=None, training=False, input_affine=None):
+    dtype = dense.compute_dtype
+    import tensorflow as tf
+
+    return dense_fused(
+        tf.cast(x, dtype), tf.cast(dense.kernel, dtype), tf.cast(dense.bias, dtype), activation=activation,
+        residual=None if residual is None else tf.cast(residual, dtype), training=training, input_affine=input_affine,
+    )
+
+
+def _attention_layer(attention, x, training, residual, input_affine):
+    import tensorflow as tf
+
+    dtype = attention.compute_dtype
+
+    def weights(dense):
+        return tf.cast(dense.kernel, dtype), tf.cast(dense.bias, dtype)
+
+    dropout = None
+    if attention._dropout > 0 and training:
+        dropout = lambda probabilities: attention._dropout_layer(probabilities, training=training)  # noqa: E731
+    return self_attention(
+        tf.cast(x, dtype),
+        weights(attention._query_dense),
+        weights(attention._key_dense),
+        weights(attention._value_dense),
+        weights(attention._output_dense),
+        attention._inverse_sqrt_key_dim,
+        dropout=dropout,
+        return_scores=True,
+        residual=None if residual is None else tf.cast(residual, dtype),
+        input_affine=input_affine,
+    )
+
+
+def transformer_block(block, x, training=False, return_attention_scores=False):
+    """The block's Eq. 2-3 as fused kernels (see :func:`block_applies`).
+
+    Inference: each LayerNorm one kernel, the residual sums in the last matmuls' epilogues.
+    Training: each LayerNorm's scale and shift folded into the next matmul's weights; with
+    dropout or drop path active, the residuals are added after them instead.
+    """
+    training = bool(training)
+
+    def norm(layer, x):
+        if training:
+            return normalize(x, layer.epsilon), (layer.gamma, layer.beta)
+        return layer_norm_layer(layer, x), None
+
+    mlp = block.mlp
+    y, affine = norm(block.norm_1, x)
+    if training and (block.dropout > 0 or block.drop_path_rate > 0):
+        y, scores = _attention_layer(block.attention, y, training, None, affine)
+        x = x + block.drop_path(block.attention_output_dropout(y, training=training), training=training)
+        y, affine = norm(block.norm_2, x)
+        y = _dense_layer(mlp.dense_0, y, activation="gelu_tanh", training=training, input_affine=affine)
+        y = mlp.dropout_layer(_dense_layer(mlp.dense_1, mlp.dropout_layer(y, training=training)), training=training)
+        x = x + block.drop_path(y, training=training)
+    else:
+        x, scores = _attention_layer(block.attention, y, training, x, affine)
+        y, affine = norm(block.norm_2, x)
+        y = _dense_layer(mlp.dense_0, y, activation="gelu_tanh", training=training, input_affine=affine)
+        x = _dense_layer(mlp.dense_1, y, residual=x)
+    return (x, scores) if return_attention_scores else x

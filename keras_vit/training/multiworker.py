@@ -4,8 +4,8 @@ Keras 3's ``model.fit`` does not run under ``tf.distribute.MultiWorkerMirroredSt
 (keras-team/keras#20585: fit fails converting a ``PerReplica`` value). A training step
 written with ``strategy.run`` inside a ``tf.function`` on a Keras 3 model and optimizer
 built in the strategy's scope does work, so multi-worker runs use this loop. It shares
-the model, optimizer, schedule, loss, data pipelines and run folder of
-:func:`keras_vit.training.train`:
+the model, optimizer, schedule, loss, data pipelines and run lifecycle of
+:func:`keras_vit.training.fit.train` (:mod:`keras_vit.training.lifecycle`):
 
 * ``TF_CONFIG`` names the cluster and this worker; worker 0 (or the ``chief`` task) is
   the chief and the only one to write into the run folder;
@@ -23,7 +23,6 @@ Every worker runs the same command, e.g. on two machines::
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -34,7 +33,10 @@ import time
 import keras
 import numpy as np
 
-from keras_vit import training
+from keras_vit import backends
+from keras_vit.training import lifecycle
+from keras_vit.training.config import resolve_config
+from keras_vit.training.recipes import accumulation_steps, build_datasets, build_model, build_optimizer, compile_model
 
 
 def cluster_role():
@@ -72,27 +74,24 @@ def weights_fingerprint(model):
 def train(config, *, resume=False, overwrite=False, verbose=1):
     """Trains ``config`` on the ``TF_CONFIG`` cluster with a custom distributed loop.
 
-    Arguments, return value and errors as :func:`keras_vit.training.train`. Every worker
+    Arguments, return value and errors as :func:`keras_vit.training.fit.train`. Every worker
     prints one line per epoch with the loss, accuracies and the weights' fingerprint.
     """
     import tensorflow as tf
 
-    config = training.resolve_config(config)
+    config = resolve_config(config)
     task_type, task_index, is_chief, _ = cluster_role()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     replicas = strategy.num_replicas_in_sync
-    if training.accumulation_steps(config, replicas) > 1:
+    if accumulation_steps(config, replicas) > 1:
         raise ValueError(
             f"Invalid configuration: total_batch_size={config.total_batch_size} needs gradient accumulation, "
             f"which the multi-worker loop does not do; set it to the global batch {config.batch_size * replicas}."
         )
-    if is_chief:
-        run_dir, resuming = training.check_run_directory(config, resume=resume, overwrite=overwrite)
-    else:
-        run_dir, resuming = training.run_directory(config), False  # Only the chief decides.
-    backup_dir = os.path.join(run_dir, "backup")
+    run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite, decide=is_chief)  # the chief decides
+    backup_dir = run.backup_dir
     global_batch = config.batch_size * replicas
-    datasets = training.build_datasets(config, global_batch)
+    datasets = build_datasets(config, global_batch)
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
     if steps_per_epoch < 1:
         raise ValueError(
@@ -104,22 +103,18 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_data = datasets.train.repeat().with_options(options)
 
+    previous_rows = []
     if is_chief:
-        if overwrite and os.path.isdir(run_dir):
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
-        if not resuming:
-            with open(os.path.join(run_dir, "config.json"), "w") as file:
-                json.dump(training._json_ready(config.to_dict()), file, indent=2)
+        previous_rows = lifecycle.begin(run, config, datasets.class_names, resuming=resuming, overwrite=overwrite)
         write_dir = backup_dir
     else:
         # Every worker takes part in a save; the others write beside the chief's (TF's convention)
         # and delete theirs at the end. All restore from the chief's backup (a shared folder).
-        write_dir = os.path.join(run_dir, f"workertemp_{task_index}", "backup")
+        write_dir = run.worker_backup_dir(task_index)
 
     with strategy.scope():
-        model = training.build_model(config, datasets.num_classes)
-        optimizer = training.build_optimizer(config, steps_per_epoch, replicas=replicas)
+        model = build_model(config, datasets.num_classes)
+        optimizer = build_optimizer(config, steps_per_epoch, replicas=replicas)
         optimizer.build(model.trainable_variables)
     from_logits = model.classifier_activation is None
     loss_fn = keras.losses.CategoricalCrossentropy(
@@ -135,7 +130,7 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
     preemption = tf.distribute.experimental.PreemptionCheckpointHandler(strategy.cluster_resolver, checkpoint, backup_dir)
 
     def step_fn(images, labels):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, backends.fused_forms():
             logits = model(images, training=True)
             per_example = loss_fn(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
@@ -154,7 +149,8 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
 
     @tf.function
     def eval_step(images, labels):
-        logits = model(images, training=False)
+        with backends.fused_forms():
+            logits = model(images, training=False)
         per_example = keras.losses.categorical_crossentropy(labels, logits, from_logits=from_logits)
         correct = tf.cast(tf.argmax(logits, -1) == tf.argmax(labels, -1), tf.float32)
         return tf.reduce_sum(per_example), tf.reduce_sum(correct)
@@ -169,8 +165,6 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
             count += int(images.shape[0])
         return loss_sum / count, correct / count
 
-    history_path = os.path.join(run_dir, "history.csv")
-    previous_rows = training.read_history(history_path) if resuming and is_chief else []
     writers = None
     if is_chief:
         from tensorflow.core.framework import summary_pb2
@@ -178,14 +172,14 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
         metadata = summary_pb2.SummaryMetadata()
         metadata.plugin_data.plugin_name = "scalars"
         writers = {
-            role: tf.summary.create_file_writer(os.path.join(run_dir, "logs", role)) for role in ("train", "validation")
+            role: tf.summary.create_file_writer(os.path.join(run.logs_dir, role)) for role in ("train", "validation")
         }
     done_steps = int(optimizer.iterations.numpy())
     start_epoch = done_steps // steps_per_epoch
     if verbose:
         print(
             f"[{task_type} {task_index}{' chief' if is_chief else ''}] multi-worker training of {model.name}: "
-            f"{replicas} replicas x batch {config.batch_size}, {steps_per_epoch} steps/epoch, run folder {run_dir}"
+            f"{replicas} replicas x batch {config.batch_size}, {steps_per_epoch} steps/epoch, run folder {run.path}"
             + (f" (resuming at step {done_steps}, epoch {start_epoch + 1})" if done_steps else ""),
             flush=True,
         )
@@ -225,7 +219,7 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
                 flush=True,
             )
         if is_chief:
-            _append_history(history_path, row)
+            run.append_history(row)
             for key, value in row.items():
                 if key == "epoch":
                     continue
@@ -235,49 +229,15 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
 
     if not is_chief:
         shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
-        return {"run_dir": run_dir, "chief": False, "weights_sha256": weights_fingerprint(model)}
+        return {"run_dir": run.path, "chief": False, "weights_sha256": weights_fingerprint(model)}
     for writer in writers.values():
         writer.close()
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
+    compile_model(model, config, optimizer)
+    metrics = lifecycle.finish(
+        run, model, datasets=datasets, steps_per_epoch=steps_per_epoch, global_batch=global_batch,
+        previous_rows=previous_rows, resuming=resuming,
+        extra={"accumulation_steps": 1, "replicas": replicas, "strategy": "multiworker",
+               "weights_sha256": weights_fingerprint(model)},
     )
-    model.save(os.path.join(run_dir, "model.keras"))
-    rows = training._rewrite_history(history_path)
-    training.plot_history(rows, os.path.join(run_dir, "training_curves.png"))
-    train_seconds = sum(r.get("epoch_seconds", 0.0) for r in rows)
-    metrics = {
-        "val_accuracy": rows[-1]["val_accuracy"],
-        "val_loss": rows[-1]["val_loss"],
-        "best_val_accuracy": max(r["val_accuracy"] for r in rows),
-        "train_accuracy": rows[-1]["accuracy"],
-        "train_loss": rows[-1]["loss"],
-        "epochs": len(rows),
-        "train_seconds": round(train_seconds, 2),
-        "images_per_second": round(len(rows) * steps_per_epoch * global_batch / train_seconds, 1),
-        "optimizer_steps": int(optimizer.iterations.numpy()),
-        "steps_per_epoch": steps_per_epoch,
-        "global_batch_size": global_batch,
-        "accumulation_steps": 1,
-        "replicas": replicas,
-        "strategy": "multiworker",
-        "parameters": model.count_params(),
-        "train_examples": datasets.train_examples,
-        "validation_examples": datasets.validation_examples,
-        "resumed_after_epoch": len(previous_rows) if resuming else None,
-        "weights_sha256": weights_fingerprint(model),
-    }
-    with open(os.path.join(run_dir, "metrics.json"), "w") as file:
-        json.dump(metrics, file, indent=2)
-    shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
-    return {**metrics, "run_dir": run_dir, "chief": True}
-
-
-def _append_history(path, row):
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    shutil.rmtree(run.backup_dir, ignore_errors=True)
+    return {**metrics, "chief": True}

@@ -1,10 +1,11 @@
-"""Predictions from any keras_vit artifact: ``.keras``, SavedModel folder, ``.tflite``, ``.onnx``.
+"""What an export folder holds, and any artifact opened in its own runtime.
 
-``load_artifact(path)`` opens a model in its own runtime (Keras, TensorFlow, the
-ai-edge-litert ``Interpreter``, onnxruntime) behind one interface: ``run(images)`` takes
-(B, H, W, C) float32 images in [-1, 1] and returns the raw outputs, ``probabilities``
-the class probabilities. ``predict_files`` reads image files (any size, resized to the
-model's), reports the unreadable ones by name and predicts the rest.
+The names of the files ``keras-vit export`` writes (and the manifest's tolerances), the
+model facts every exporter needs (input size, output kind, class names), and
+``load_artifact(path)``: a ``.keras`` file, SavedModel folder, ``.tflite`` or ``.onnx``
+file behind one interface: ``run(images)`` takes (B, H, W, C) float32 images in [-1, 1]
+and returns the raw outputs, ``probabilities`` the class probabilities. Export verifies
+its files through it; ``keras-vit predict`` predicts with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,115 @@ import os
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+from keras_vit import run_folder
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+DEFAULT_OPSET = 17
+DEFAULT_TOP_K = 5
+SAVEDMODEL_DIRNAME = "saved_model"
+ONNX_FILENAME = "model.onnx"
+LABELS_FILENAME = "labels.txt"
+MANIFEST_FILENAME = "manifest.json"
+SAMPLES_DIRNAME = "samples"
+BYTES_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "serving_images"
+
+# Largest accepted parity figures. Float artifacts compare raw outputs (max abs difference,
+# relative to the outputs' scale once it exceeds 1); int8 artifacts compare decisions.
+DEFAULT_TOLERANCES = {
+    "float32": 1e-4,
+    "float16": 1e-2,
+    "int8_min_top1_agreement": 0.99,
+    "int8_max_accuracy_drop": 0.01,
+}
+# Calibration and verification sample sizes taken from a dataset.
+CALIBRATION_SAMPLES = 1000
+VERIFICATION_SAMPLES = 1000
+RANDOM_VERIFICATION_SAMPLES = 16
+
+
+def tflite_filename(precision):
+    """File name of the TFLite artifact of a precision, e.g. ``model_int8.tflite``."""
+    return f"model_{precision}.tflite"
+
+
+
+def load_keras_model(path):
+    """Loads a ``.keras`` model file (or the ``model.keras`` of a run folder) for inference.
+
+    Args:
+        path: a ``.keras`` file, or a run folder holding ``model.keras``.
+
+    Returns:
+        The Keras model, not compiled.
+
+    Raises:
+        FileNotFoundError: when there is no such file.
+        ValueError: when the path is not a ``.keras`` file or run folder.
+    """
+    import keras
+
+    from keras_vit import core  # noqa: F401  (registers the layers for deserialisation)
+
+    return keras.saving.load_model(run_folder.resolve_model_path(path), compile=False)
+
+
+def parse_class_names(spec, num_classes):
+    """Class names from a list, a comma-separated string or a file (one name per line).
+
+    Args:
+        spec: None, a list of names, ``"cat,dog"``, or the path of a text file.
+        num_classes: how many names the model needs.
+
+    Returns:
+        A list of ``num_classes`` strings; ``"0"`` .. ``"K-1"`` when ``spec`` is None.
+
+    Raises:
+        ValueError: when the number of names is not ``num_classes``.
+    """
+    if spec is None:
+        return [str(index) for index in range(num_classes)]
+    if isinstance(spec, str):
+        if os.path.isfile(spec):
+            with open(spec) as file:
+                names = [line.strip() for line in file if line.strip()]
+            source = f"file {spec!r}"
+        else:
+            names = [name.strip() for name in spec.split(",")]
+            source = f"{spec!r}"
+    else:
+        names = [str(name) for name in spec]
+        source = "the list given"
+    if len(names) != num_classes:
+        raise ValueError(
+            f"The model has {num_classes} classes but {source} gives {len(names)} class names; "
+            f"give exactly {num_classes} (comma-separated or one per line in a file)."
+        )
+    return names
+
+
+def model_input_spec(model):
+    """``(height, width, channels)`` of a model's image input."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or any(size is None for size in shape[1:]):
+        raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def model_output_kind(model):
+    """``"logits"`` when the model's head has no activation, else ``"probabilities"``."""
+    activation = getattr(model, "classifier_activation", None)
+    if activation in (None, "linear"):
+        return "logits"
+    if activation == "softmax":
+        return "probabilities"
+    raise ValueError(
+        f"Cannot serve class probabilities from a head with activation {activation!r}; "
+        f"export a model whose head returns logits (None) or 'softmax'."
+    )
+
+
 ACCEPTED_KINDS = (
     "a .keras file",
     "a run folder holding model.keras",
@@ -72,8 +181,6 @@ class Artifact:
         self.output_kind = None
 
     def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None):
-        from keras_vit.export import parse_class_names
-
         spec = self._class_names_spec or class_names
         if spec is None and manifest is not None:
             spec = manifest.get("class_names")
@@ -104,8 +211,6 @@ class Artifact:
 
 
 def _manifest_beside(folder):
-    from keras_vit.export import LABELS_FILENAME, MANIFEST_FILENAME
-
     manifest, labels = None, None
     manifest_path = os.path.join(folder, MANIFEST_FILENAME)
     if os.path.isfile(manifest_path):
@@ -121,14 +226,12 @@ class KerasArtifact(Artifact):
     kind = "keras"
 
     def __init__(self, path, class_names=None):
-        from keras_vit.export import load_keras_model, model_input_spec, model_output_kind, resolve_model_path, run_class_names
-
         super().__init__(path, class_names)
         self.model = load_keras_model(path)
         height, width, self.channels = model_input_spec(self.model)
         self.image_size = (height, width)
         self.num_classes = int(self.model.outputs[0].shape[-1])
-        self._finish(class_names=run_class_names(resolve_model_path(path)), output_kind=model_output_kind(self.model))
+        self._finish(class_names=run_folder.of_model(path).class_names(), output_kind=model_output_kind(self.model))
 
     def _run_batch(self, images):
         return np.asarray(self.model(images, training=False))
@@ -139,8 +242,6 @@ class SavedModelArtifact(Artifact):
 
     def __init__(self, path, class_names=None):
         import tensorflow as tf
-
-        from keras_vit.export import FLOAT_SIGNATURE
 
         super().__init__(path, class_names)
         loaded = tf.saved_model.load(self.path)
@@ -258,102 +359,3 @@ def load_artifact(path, kind=None, class_names=None):
     return _ARTIFACTS[kind](path, class_names=class_names)
 
 
-# --------------------------------------------------------------------------- images
-def list_image_files(directory):
-    """Image files (by extension) under ``directory``, recursively, sorted."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No such folder of images: {directory!r}.")
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        found += [os.path.join(root, name) for name in sorted(files) if name.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
-
-
-def read_images(paths, image_size, channels):
-    """Reads image files into model input, setting aside those that cannot be read.
-
-    Args:
-        paths: image file paths (JPEG, PNG, BMP, GIF; any size).
-        image_size: (height, width) to resize to (bilinear).
-        channels: 1 (grayscale) or 3 (RGB); images are converted.
-
-    Returns:
-        ``(images, read_paths, errors)``: float32 (N, H, W, C) in [-1, 1] for the
-        ``read_paths`` that could be read, and ``{path: reason}`` for the others.
-    """
-    import tensorflow as tf
-
-    from keras_vit.export import decode_and_resize
-
-    images, read, errors = [], [], {}
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            errors[path] = "no such file" if not os.path.exists(path) else "not a file"
-            continue
-        try:
-            encoded = tf.io.read_file(path)
-            images.append(decode_and_resize(encoded, tuple(image_size), channels).numpy())
-        except (tf.errors.OpError, ValueError) as error:
-            message = getattr(error, "message", str(error)).strip().splitlines()[0]
-            errors[path] = f"not a readable image ({message})"
-            continue
-        read.append(path)
-    shape = (0, image_size[0], image_size[1], channels)
-    return (np.stack(images) if images else np.zeros(shape, "float32")), read, errors
-
-
-def predict_files(artifact, image_paths, top_k=5, class_names=None):
-    """Predicts image files with any artifact and returns the top-k classes of each.
-
-    Args:
-        artifact: a path (see :func:`load_artifact`) or an :class:`Artifact`.
-        image_paths: image files; unreadable ones are reported, the others predicted.
-        top_k: how many classes to return per image.
-        class_names: overrides the artifact's class names.
-
-    Returns:
-        ``{"artifact", "kind", "predictions": [{"file", "top_k": [{"class_id", "label",
-        "probability"}]}], "errors": [{"file", "error"}]}``.
-    """
-    if not isinstance(artifact, Artifact):
-        artifact = load_artifact(artifact, class_names=class_names)
-    if int(top_k) < 1:
-        raise ValueError(f"top_k must be at least 1; got {top_k}.")
-    images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels)
-    predictions = []
-    if len(read):
-        probabilities = artifact.probabilities(images)
-        k = min(int(top_k), probabilities.shape[-1])
-        for path, row in zip(read, probabilities):
-            order = np.argsort(-row, kind="stable")[:k]
-            predictions.append(
-                {
-                    "file": path,
-                    "top_k": [
-                        {"class_id": int(i), "label": artifact.class_names[i], "probability": float(row[i])}
-                        for i in order
-                    ],
-                }
-            )
-    return {
-        "artifact": artifact.path,
-        "kind": artifact.kind,
-        "predictions": predictions,
-        "errors": [{"file": path, "error": reason} for path, reason in errors.items()],
-    }
-
-
-def format_predictions(result):
-    """A Markdown table of :func:`predict_files`' result: one row per image."""
-    rows = [["file", "prediction", "probability", "top-k"]]
-    for item in result["predictions"]:
-        best = item["top_k"][0]
-        others = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in item["top_k"])
-        rows.append([item["file"], best["label"], f"{best['probability']:.4f}", others])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
-    return "\n".join(lines)

@@ -25,9 +25,9 @@ import keras
 import numpy as np
 import scipy.ndimage
 
-from keras_vit import hybrid
-from keras_vit.layers import PatchEncoder
-from keras_vit.models import VisionTransformer
+from keras_vit.core import hybrid
+from keras_vit.core.layers import PatchEncoder
+from keras_vit.core.models import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -44,105 +44,6 @@ _LINEN_BLOCK_NAMES = {
     "MlpBlock_0": "MlpBlock_3",
 }
 _KEY_PREFIXES = ("opt/target/", "params/")
-
-# ---------------------------------------------------------------------------------------
-# Published checkpoints: names per variant -> file under the public bucket.
-# ---------------------------------------------------------------------------------------
-WEIGHTS_BASE_URL = "https://storage.googleapis.com/vit_models"
-WEIGHTS_URL_ENV = "KERAS_VIT_WEIGHTS_URL"  # another base (a mirror, or file:// for tests)
-
-_ORIGINAL_FILES = {
-    "B/16": "ViT-B_16",
-    "B/32": "ViT-B_32",
-    "L/16": "ViT-L_16",
-    "L/32": "ViT-L_32",
-    "H/14": "ViT-H_14",
-    "R50+B/16": "R50+ViT-B_16",
-}
-_AUGREG_I21K = {
-    "Ti/16": "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
-    "S/32": "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
-    "S/16": "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
-    "B/32": "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0",
-    "B/16": "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
-    "B/8": "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
-    "L/16": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1",
-    "R+Ti/16": "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
-    "R26+S/32": "R26_S_32-i21k-300ep-lr_0.001-aug_light0-wd_0.03-do_0.1-sd_0.1",
-}
-_AUGREG_FT_LR = {"Ti/16": 0.03, "S/32": 0.03, "S/16": 0.03, "B/32": 0.03, "R+Ti/16": 0.03, "R26+S/32": 0.03}
-_AUGREG_I1K = {
-    "S/16": "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0",
-    "B/32": "B_32-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.1-sd_0.1",
-    "B/16": "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1",
-}
-
-
-def published_weights(variant: str) -> Dict[str, str]:
-    """The published checkpoints of ``variant``: name -> path under the bucket.
-
-    ``imagenet21k``: the paper's ImageNet-21k pre-training; ``imagenet21k+imagenet2012``:
-    those fine-tuned on ImageNet at 384; ``augreg_in21k``, ``augreg_in21k_ft_in1k`` (224)
-    and ``augreg_in1k``: the recommended checkpoints of "How to train your ViT?"
-    (Steiner et al., 2021).
-    """
-    names = {}
-    if variant in _ORIGINAL_FILES:
-        names["imagenet21k"] = f"imagenet21k/{_ORIGINAL_FILES[variant]}.npz"
-        if variant != "H/14":
-            names["imagenet21k+imagenet2012"] = f"imagenet21k+imagenet2012/{_ORIGINAL_FILES[variant]}.npz"
-    if variant in _AUGREG_I21K:
-        stem = _AUGREG_I21K[variant]
-        lr = _AUGREG_FT_LR.get(variant, 0.01)
-        names["augreg_in21k"] = f"augreg/{stem}.npz"
-        names["augreg_in21k_ft_in1k"] = f"augreg/{stem}--imagenet2012-steps_20k-lr_{lr}-res_224.npz"
-    if variant in _AUGREG_I1K:
-        names["augreg_in1k"] = f"augreg/{_AUGREG_I1K[variant]}--imagenet2012-steps_20k-lr_0.01-res_224.npz"
-    return names
-
-
-def weights_url(variant: str, name: str) -> str:
-    """The URL of a published checkpoint, under ``$KERAS_VIT_WEIGHTS_URL`` when set."""
-    names = published_weights(variant)
-    if name not in names:
-        raise ValueError(
-            f"No published weights {name!r} for ViT-{variant}. Available for this variant: "
-            f"{sorted(names) or 'none'}; or pass the path of a local .npz file."
-        )
-    base = os.environ.get(WEIGHTS_URL_ENV, WEIGHTS_BASE_URL).rstrip("/")
-    return f"{base}/{names[name]}"
-
-
-def fetch_weights(variant: str, name: str) -> str:
-    """Downloads a published checkpoint once into the Keras cache; returns its path."""
-    url = weights_url(variant, name)
-    fname = url.rsplit("/", 1)[-1]
-    # Read at call time (Keras reads KERAS_HOME once, at import).
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    cache_dir = os.path.join(keras_home, "keras_vit")
-    os.makedirs(cache_dir, exist_ok=True)  # get_file falls back to /tmp when it is missing
-    try:
-        return keras.utils.get_file(fname=fname, origin=url, cache_dir=keras_home, cache_subdir="keras_vit")
-    except Exception as error:  # get_file raises bare Exception on URL/HTTP failures
-        raise RuntimeError(
-            f"Could not download the {name!r} weights of ViT-{variant} from {url} ({error}). "
-            f"If this machine is offline, download that file elsewhere and put it at "
-            f"{os.path.join(cache_dir, fname)}, or pass its local path as weights=."
-        ) from error
-
-
-def load_weights(model, weights, *, variant: Optional[str] = None, **kwargs):
-    """``weights=`` of the builders: a local ``.npz`` path or a published name."""
-    if os.path.exists(str(weights)):
-        return load_npz(model, weights, **kwargs)
-    if variant is not None and weights in published_weights(variant):
-        return load_npz(model, fetch_weights(variant, weights), **kwargs)
-    accepted = sorted(published_weights(variant)) if variant else []
-    raise ValueError(
-        f"weights={weights!r} is neither an existing file nor a published name"
-        + (f" for ViT-{variant} (accepted: {accepted})." if variant else ".")
-    )
-
 
 # ---------------------------------------------------------------------------------------
 # Reading and normalising the published layout.

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vit import tf_kernels
-from keras_vit.config import POOLINGS, POSITION_EMBEDDINGS, as_pair
+from keras_vit import backends
+from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair
 
 LAYER_NORM_EPSILON = 1e-6  # the original's (Keras defaults to 1e-3)
 
@@ -199,7 +199,7 @@ class PatchEncoder(keras.layers.Layer):
 
     def call(self, patches):
         self._check_num_patches(patches.shape[1])
-        x = apply_dense(self.projection, patches)  # (B, N, D)
+        x = self.projection(patches)  # (B, N, D)
         if self.position_embedding in ("learned_2d", "sincos2d"):
             x = x + ops.cast(self.patch_position_embedding(), x.dtype)
         if self.use_class_token:
@@ -258,86 +258,21 @@ class DropPath(keras.layers.Layer):
         return config
 
 
-def _plain_dense(dense) -> bool:
-    # LoRA and quantized Dense layers compute their own kernel: leave them to Keras.
-    return bool(getattr(dense, "lora_enabled", False) or getattr(dense, "quantization_mode", None))
-
-
-def _scale_and_shift(x, input_affine):
-    # The unfused form of a folded LayerNorm affine: x * gamma + beta in x's dtype.
-    gamma, beta = input_affine
-    return x * ops.cast(gamma, x.dtype) + ops.cast(beta, x.dtype)
-
-
-def apply_dense(dense, x, activation=None, residual=None, training=False, input_affine=None):
-    """``activation(dense(x)) [+ residual]``; one fused oneDNN kernel on TensorFlow CPUs.
-
-    Keras's Dense adds its bias with ``Add`` and matmuls 3D inputs as a batch matmul,
-    which defeat TensorFlow's ``MatMul -> BiasAdd [-> Gelu] [-> AddV2]`` fusion (see
-    :mod:`keras_vit.tf_kernels`); elsewhere this is the plain ``keras.ops`` form.
-
-    Args:
-        dense: a built ``keras.layers.Dense`` with a bias and no activation of its own.
-        x: its input.
-        activation: None or ``"gelu_tanh"``.
-        residual: None, or a tensor of the output's shape to add.
-        training: whether gradients will be taken (picks the GELU form that trains fastest).
-        input_affine: None, or (gamma, beta): the layer sees ``x * gamma + beta`` (a
-            LayerNorm's scale and shift, folded into the weights where fused).
-    """
-    if _plain_dense(dense) or not dense.use_bias or not tf_kernels.enabled(dense.compute_dtype):
-        if input_affine is not None:
-            x = _scale_and_shift(x, input_affine)
-        y = dense(x)
-        if activation == "gelu_tanh":
-            y = ops.gelu(y, approximate=True)
-        return y if residual is None else residual + y
-    dtype = dense.compute_dtype
-    return tf_kernels.dense(
-        ops.cast(x, dtype),
-        ops.cast(dense.kernel, dtype),
-        ops.cast(dense.bias, dtype),
-        activation=activation,
-        residual=None if residual is None else ops.cast(residual, dtype),
-        training=bool(training),
-        input_affine=input_affine,
-    )
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LayerNorm(keras.layers.LayerNormalization):
-    """Keras ``LayerNormalization`` (same weights, same math); one fused kernel on TensorFlow CPUs.
+    """Keras ``LayerNormalization`` with the original's epsilon, 1e-6 (Keras defaults to 1e-3).
 
-    Keras computes the normalization as about eight elementwise and reduction passes;
-    over the last axis of (B, T, D) tokens, TensorFlow with oneDNN runs it as a single
-    ``_MklLayerNorm`` kernel (and its gradient as one batch-norm gradient), see
-    :mod:`keras_vit.tf_kernels`. Every other case takes the parent's path.
+    Same weights and math as the parent; inside a fused training or inference step on a
+    TensorFlow CPU it runs as one oneDNN kernel (:mod:`keras_vit.backends`).
     """
 
-    def _fuses(self, inputs) -> bool:
-        rank = len(inputs.shape)
-        return (
-            rank in (2, 3)
-            and [axis % rank for axis in self.axis] == [rank - 1]
-            and self.center
-            and self.scale
-            and not self.rms_scaling
-            and tf_kernels.enabled(self.compute_dtype)
-        )
+    def __init__(self, epsilon=LAYER_NORM_EPSILON, **kwargs):
+        super().__init__(epsilon=epsilon, **kwargs)
 
     def call(self, inputs):
-        if not self._fuses(inputs):
-            return super().call(inputs)
-        inputs = ops.cast(inputs, self.compute_dtype)
-        return tf_kernels.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
-
-    def normalize_for_folding(self, inputs):
-        """``(normalized, (gamma, beta))`` for a following matmul to fold the scale and shift
-        into its weights (:func:`keras_vit.tf_kernels.fold_input_affine`), where the fused
-        form applies; ``(self(inputs), None)`` elsewhere."""
-        if not self._fuses(inputs):
-            return self(inputs), None
-        return tf_kernels.normalize(ops.cast(inputs, self.compute_dtype), self.epsilon), (self.gamma, self.beta)
+        if backends.fused_layer_norm_applies(self, inputs):
+            return backends.fused_layer_norm(self, inputs)
+        return super().call(inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -361,20 +296,15 @@ class MLP(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.dense_0.build(input_shape)
         self.dense_1 = keras.layers.Dense(input_shape[-1], name="Dense_1", dtype=self.dtype_policy, **_dense_init())
         self.dense_1.build(input_shape[:-1] + (self.mlp_dim,))
 
-    def call(self, x, training=False, residual=None, input_affine=None):
-        """``residual`` (optional, only without dropout): added to the output in the last
-        matmul. ``input_affine`` (optional (gamma, beta)): the MLP of ``x * gamma + beta``."""
-        if residual is not None and training and self.dropout > 0:
-            raise ValueError("MLP adds a residual only without active dropout.")
-        x = apply_dense(self.dense_0, x, activation="gelu_tanh", training=training, input_affine=input_affine)
+    def call(self, x, training=False):
+        x = ops.gelu(self.dense_0(x), approximate=True)  # (B, T, mlp_dim)
         x = self.dropout_layer(x, training=training)
-        if residual is not None:
-            return apply_dense(self.dense_1, x, residual=residual)
-        return self.dropout_layer(apply_dense(self.dense_1, x), training=training)
+        return self.dropout_layer(self.dense_1(x), training=training)  # (B, T, D)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -387,117 +317,49 @@ class MLP(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SelfAttention(keras.layers.MultiHeadAttention):
-    """Keras ``MultiHeadAttention`` (same weights, same math) with leaner self-attention.
+    """Keras ``MultiHeadAttention`` (same weights, same math), self-attention written out.
 
-    On TensorFlow CPUs, unmasked self-attention runs as :func:`keras_vit.tf_kernels.self_attention`
-    (one fused Q/K/V matmul, the optional ``residual`` added in the output matmul). Elsewhere,
-    without masks, the scores are two batched matmuls over (B, heads, T, head_dim) and a
-    softmax; Keras's general path (einsum equations, or ``dot_product_attention``'s
-    TensorFlow fallback) spends about 40% more time there on CPU. Masks and causal
-    attention, which a ViT does not use, go to the parent's implementation.
+    Unmasked self-attention, the only kind a ViT uses, is computed from the layer's public
+    projections as two batched matmuls over (B, heads, T, head_dim) and a softmax; Keras's
+    general path (einsum equations, or ``dot_product_attention``'s TensorFlow fallback)
+    spends about 40% more time there on CPU. Masks, causal attention and cross-attention
+    go to the parent's implementation.
     """
 
-    def call(
-        self,
-        query,
-        value,
-        key=None,
-        query_mask=None,
-        value_mask=None,
-        key_mask=None,
-        attention_mask=None,
-        return_attention_scores=False,
-        training=None,
-        use_causal_mask=False,
-        residual=None,
-        input_affine=None,
-    ):
-        """The parent's arguments, plus ``residual``: a (B, T, D) tensor added to the output,
-        and ``input_affine``: (gamma, beta) with which self-attention of ``query * gamma +
-        beta`` is computed (folded into the Q/K/V weights where fused)."""
-        masks = (query_mask, value_mask, key_mask, attention_mask, use_causal_mask)
-        if not self._fused_self_attention_applies(query, value, key, *masks):
-            if input_affine is not None:
-                if value is not query or (key is not None and key is not query):
-                    raise ValueError("input_affine applies to self-attention only (value and key the query).")
-                query = value = key = _scale_and_shift(query, input_affine)
-            outputs = super().call(
-                query, value, key, query_mask, value_mask, key_mask, attention_mask,
-                return_attention_scores, training, use_causal_mask,
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probabilities_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def call(self, query, value=None, key=None, training=None, return_attention_scores=False, **kwargs):
+        """The parent's arguments; ``value`` defaults to ``query`` (self-attention)."""
+        value = query if value is None else value
+        if kwargs or value is not query or (key is not None and key is not query) or len(query.shape) != 3:
+            return super().call(
+                query, value, key, training=training, return_attention_scores=return_attention_scores, **kwargs
             )
-            if residual is None:
-                return outputs
-            if return_attention_scores:
-                return residual + outputs[0], outputs[1]
-            return residual + outputs
-        dtype = self.compute_dtype
+        q = ops.transpose(self.query_dense(query), (0, 2, 1, 3))  # (B, heads, T, head_dim)
+        k = ops.transpose(self.key_dense(query), (0, 2, 3, 1))  # (B, heads, head_dim, T)
+        v = ops.transpose(self.value_dense(query), (0, 2, 1, 3))  # (B, heads, T, head_dim)
+        scale = ops.cast(1.0 / math.sqrt(self.key_dim), q.dtype)
+        probabilities = ops.softmax(ops.matmul(q, k) * scale, axis=-1)  # (B, heads, T, T)
+        weights = self.probabilities_dropout(probabilities, training=training)
+        attended = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))  # (B, T, heads, head_dim)
+        outputs = self.output_dense(attended)  # (B, T, D)
+        return (outputs, probabilities) if return_attention_scores else outputs
 
-        def weights(dense):
-            return ops.cast(dense.kernel, dtype), ops.cast(dense.bias, dtype)
-
-        dropout = None
-        if self._dropout > 0 and training:
-            dropout = lambda probabilities: self._dropout_layer(probabilities, training=training)  # noqa: E731
-        return tf_kernels.self_attention(
-            ops.cast(query, dtype),
-            weights(self._query_dense),
-            weights(self._key_dense),
-            weights(self._value_dense),
-            weights(self._output_dense),
-            self._inverse_sqrt_key_dim,
-            dropout=dropout,
-            return_scores=return_attention_scores,
-            residual=None if residual is None else ops.cast(residual, dtype),
-            input_affine=input_affine,
-        )
-
-    def _fused_self_attention_applies(self, query, value, key, *masks_and_causal):
-        # Self-attention of unmasked (B, T, D) tokens with plain biased projections.
-        dense_layers = (self._query_dense, self._key_dense, self._value_dense, self._output_dense)
-        return (
-            value is query
-            and (key is None or key is query)
-            and not any(m is not None and m is not False for m in masks_and_causal)
-            and len(query.shape) == 3
-            and self._use_bias
-            and not getattr(self, "_use_gate", False)
-            and getattr(self, "_sliding_window", None) is None
-            and not any(_plain_dense(d) for d in dense_layers)
-            and getattr(query, "_keras_mask", None) is None
-            and tf_kernels.enabled(self.compute_dtype)
-        )
-
-    def _compute_attention(
-        self,
-        query,
-        key,
-        value,
-        attention_mask=None,
-        training=None,
-        return_attention_scores=False,
-        use_causal_mask=False,
-    ):
-        if attention_mask is not None or use_causal_mask or len(query.shape) != 4:
-            return super()._compute_attention(
-                query, key, value, attention_mask, training, return_attention_scores, use_causal_mask
-            )
-        scale = ops.cast(self._inverse_sqrt_key_dim, query.dtype)
-        query = ops.transpose(query, (0, 2, 1, 3))  # (B, heads, T, head_dim)
-        key = ops.transpose(key, (0, 2, 3, 1))  # (B, heads, head_dim, S)
-        value = ops.transpose(value, (0, 2, 1, 3))  # (B, heads, S, head_dim)
-        probabilities = ops.softmax(ops.matmul(query, key) * scale, axis=-1)  # (B, heads, T, S)
-        weights = self._dropout_layer(probabilities, training=training) if self._dropout > 0 else probabilities
-        output = ops.transpose(ops.matmul(weights, value), (0, 2, 1, 3))  # (B, T, heads, head_dim)
-        return output, probabilities
+    def compute_output_spec(self, query, value=None, key=None, **kwargs):
+        return super().compute_output_spec(query, query if value is None else value, key, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class TransformerBlock(keras.layers.Layer):
     """Pre-LayerNorm encoder block of the paper (Eq. 2-3).
 
-    ``x = x + DropPath(Dropout(MHA(LN(x))))`` then ``x = x + DropPath(MLP(LN(x)))``,
+    ``x = x + DropPath(Dropout(MSA(LN(x))))`` then ``x = x + DropPath(MLP(LN(x)))``,
     with LayerNorm epsilon 1e-6. Sub-layer names follow the original checkpoints
     (``LayerNorm_0``, ``MultiHeadDotProductAttention_1``, ``LayerNorm_2``, ``MlpBlock_3``).
+    Inside a fused step on a TensorFlow CPU the same computation runs as oneDNN kernels
+    (:mod:`keras_vit.backends`); every other trace, exports included, runs ``call`` as written.
 
     Args:
         num_heads: attention heads; the width must be divisible by it.
@@ -542,6 +404,7 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path = DropPath(self.drop_path_rate, dtype=policy)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         hidden_size = input_shape[-1]
         if hidden_size % self.num_heads:
             raise ValueError(
@@ -562,29 +425,11 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp.build(input_shape)
 
     def call(self, x, training=False, return_attention_scores=False):
-        def norm(layer, x):
-            # In training the LayerNorms' scale and shift go into the next matmul's weights;
-            # in inference each LayerNorm is already one fused kernel.
-            return layer.normalize_for_folding(x) if training else (layer(x), None)
-
-        y, affine = norm(self.norm_1, x)
-        scores = None
-        if training and (self.dropout > 0 or self.drop_path_rate > 0):
-            y = self.attention(y, y, training=training, return_attention_scores=return_attention_scores,
-                               input_affine=affine)
-            if return_attention_scores:
-                y, scores = y
-            x = x + self.drop_path(self.attention_output_dropout(y, training=training), training=training)
-            y, affine = norm(self.norm_2, x)
-            x = x + self.drop_path(self.mlp(y, training=training, input_affine=affine), training=training)
-        else:
-            # Nothing between a branch and its residual: the sums fuse into the last matmuls.
-            x = self.attention(y, y, training=training, return_attention_scores=return_attention_scores, residual=x,
-                               input_affine=affine)
-            if return_attention_scores:
-                x, scores = x
-            y, affine = norm(self.norm_2, x)
-            x = self.mlp(y, training=training, residual=x, input_affine=affine)
+        if backends.fused_block_applies(self, x):
+            return backends.fused_block(self, x, training, return_attention_scores)
+        y, scores = self.attention(self.norm_1(x), training=training, return_attention_scores=True)
+        x = x + self.drop_path(self.attention_output_dropout(y, training=training), training=training)  # Eq. 2
+        x = x + self.drop_path(self.mlp(self.norm_2(x), training=training), training=training)  # Eq. 3
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):

@@ -1,0 +1,67 @@
+"""Predictions for image files from any keras_vit model or artifact.
+
+``predict_files`` reads image files (any size, resized to the model's), reports the
+unreadable ones by name and predicts the rest with :func:`keras_vit.deploy.artifacts.load_artifact`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_vit.data.images import read_images
+from keras_vit.deploy.artifacts import Artifact, load_artifact
+
+
+def predict_files(artifact, image_paths, top_k=5, class_names=None):
+    """Predicts image files with any artifact and returns the top-k classes of each.
+
+    Args:
+        artifact: a path (see :func:`load_artifact`) or an :class:`Artifact`.
+        image_paths: image files; unreadable ones are reported, the others predicted.
+        top_k: how many classes to return per image.
+        class_names: overrides the artifact's class names.
+
+    Returns:
+        ``{"artifact", "kind", "predictions": [{"file", "top_k": [{"class_id", "label",
+        "probability"}]}], "errors": [{"file", "error"}]}``.
+    """
+    if not isinstance(artifact, Artifact):
+        artifact = load_artifact(artifact, class_names=class_names)
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be at least 1; got {top_k}.")
+    images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels)
+    predictions = []
+    if len(read):
+        probabilities = artifact.probabilities(images)
+        k = min(int(top_k), probabilities.shape[-1])
+        for path, row in zip(read, probabilities):
+            order = np.argsort(-row, kind="stable")[:k]
+            predictions.append(
+                {
+                    "file": path,
+                    "top_k": [
+                        {"class_id": int(i), "label": artifact.class_names[i], "probability": float(row[i])}
+                        for i in order
+                    ],
+                }
+            )
+    return {
+        "artifact": artifact.path,
+        "kind": artifact.kind,
+        "predictions": predictions,
+        "errors": [{"file": path, "error": reason} for path, reason in errors.items()],
+    }
+
+
+def format_predictions(result):
+    """A Markdown table of :func:`predict_files`' result: one row per image."""
+    rows = [["file", "prediction", "probability", "top-k"]]
+    for item in result["predictions"]:
+        best = item["top_k"][0]
+        others = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in item["top_k"])
+        rows.append([item["file"], best["label"], f"{best['probability']:.4f}", others])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
+    return "\n".join(lines)

@@ -1,0 +1,282 @@
+"""The run folder: the only code that knows which files a training run writes, and where.
+
+::
+
+    saved_models/<run-name>/
+        config.json          the resolved training configuration, with the class names
+        model.keras          the trained model (``keras.saving.load_model``)
+        checkpoints/         last.keras (every epoch) and best.keras (best val_accuracy)
+        backup/              resumable state while the run is unfinished
+        logs/                TensorBoard
+        history.csv          one row per completed epoch
+        training_curves.png  loss and accuracy per epoch
+        metrics.json         written last: its presence marks a finished run
+        export/              what ``keras-vit export`` writes by default
+
+Training (both loops), evaluation, export, prediction and the figures open runs through
+:class:`RunFolder`; no other module spells these names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from typing import Dict, List, Optional
+
+DEFAULT_RUNS_DIR = "saved_models"
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "training_curves.png"
+CLASS_NAMES_KEY = "class_names"  # in config.json, beside the configuration's fields
+
+
+def write_json(path, values) -> None:
+    """Writes ``values`` as indented JSON through a temporary file renamed into place, so
+    that a kill leaves the old file or the new one, never a torn one."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as file:
+        json.dump(values, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+class RunFolder:
+    """One run folder's files (see the module docstring).
+
+    Args:
+        path: the folder (``saved_models/<run>`` by default for training).
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __repr__(self):
+        return f"RunFolder({self.path!r})"
+
+    def file(self, *parts) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def model_path(self) -> str:
+        return self.file(MODEL_FILE)
+
+    @property
+    def config_path(self) -> str:
+        return self.file(CONFIG_FILE)
+
+    @property
+    def history_path(self) -> str:
+        return self.file(HISTORY_FILE)
+
+    @property
+    def metrics_path(self) -> str:
+        return self.file(METRICS_FILE)
+
+    @property
+    def curves_path(self) -> str:
+        return self.file(CURVES_FILE)
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self.file("checkpoints")
+
+    @property
+    def last_checkpoint(self) -> str:
+        return self.file("checkpoints", "last.keras")
+
+    @property
+    def best_checkpoint(self) -> str:
+        return self.file("checkpoints", "best.keras")
+
+    @property
+    def backup_dir(self) -> str:
+        return self.file("backup")
+
+    def worker_backup_dir(self, task_index: int) -> str:
+        """Where a non-chief worker writes its share of a multi-worker save (TF's convention)."""
+        return self.file(f"workertemp_{task_index}", "backup")
+
+    @property
+    def logs_dir(self) -> str:
+        return self.file("logs")
+
+    @property
+    def export_dir(self) -> str:
+        return self.file("export")
+
+    # ------------------------------------------------------------------ state
+    def is_empty(self) -> bool:
+        return not (os.path.isdir(self.path) and os.listdir(self.path))
+
+    def is_run(self) -> bool:
+        return os.path.isfile(self.config_path)
+
+    def is_finished(self) -> bool:
+        return os.path.isfile(self.metrics_path)
+
+    # ------------------------------------------------------------------ config and class names
+    def read_config(self) -> Optional[Dict]:
+        """The whole ``config.json`` (configuration fields and class names), or None."""
+        if not os.path.isfile(self.config_path):
+            return None
+        with open(self.config_path) as file:
+            try:
+                values = json.load(file)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"Cannot read {self.config_path!r} as JSON: {error}.") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{self.config_path!r} holds {type(values).__name__}, not a configuration mapping.")
+        return values
+
+    def training_config(self) -> Optional[Dict]:
+        """The configuration fields of ``config.json`` (the class names left out), or None."""
+        values = self.read_config()
+        if values is None:
+            return None
+        return {key: value for key, value in values.items() if key != CLASS_NAMES_KEY}
+
+    def class_names(self) -> Optional[List[str]]:
+        """The class names the run was trained with, in label order, or None."""
+        values = self.read_config() or {}
+        names = values.get(CLASS_NAMES_KEY)
+        return [str(name) for name in names] if names else None
+
+    def write_config(self, config: Dict, class_names: Optional[List[str]] = None) -> None:
+        values = dict(config)
+        if class_names is not None:
+            values[CLASS_NAMES_KEY] = [str(name) for name in class_names]
+        write_json(self.config_path, values)
+
+    def write_metrics(self, metrics: Dict) -> None:
+        write_json(self.metrics_path, metrics)
+
+    def read_metrics(self) -> Optional[Dict]:
+        if not os.path.isfile(self.metrics_path):
+            return None
+        with open(self.metrics_path) as file:
+            return json.load(file)
+
+    # ------------------------------------------------------------------ history
+    def read_history(self) -> List[Dict[str, float]]:
+        """Rows of ``history.csv`` as dicts of floats, one per epoch (the latest if repeated)."""
+        if not os.path.isfile(self.history_path):
+            return []
+        with open(self.history_path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        by_epoch = {}
+        for row in rows:
+            by_epoch[int(row["epoch"])] = {key: float(value) for key, value in row.items() if value not in ("", None)}
+        return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+    def append_history(self, row: Dict) -> None:
+        new = not os.path.isfile(self.history_path)
+        with open(self.history_path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def rewrite_history(self) -> List[Dict[str, float]]:
+        """Rewrites ``history.csv`` with one row per epoch and returns the rows.
+
+        A kill between an epoch's row and its backup repeats that epoch on resume.
+        """
+        rows = self.read_history()
+        if not rows:
+            return rows
+        columns = ["epoch"] + sorted({key for row in rows for key in row} - {"epoch"})
+        temporary = f"{self.history_path}.tmp-{os.getpid()}"
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "epoch": int(row["epoch"])})
+        os.replace(temporary, self.history_path)
+        return rows
+
+    # ------------------------------------------------------------------ starting a run
+    def check(self, config: Dict, *, resume=False, overwrite=False) -> bool:
+        """Decides what to do with this folder before any work starts; returns whether to resume.
+
+        A missing or empty folder starts a new run. An unfinished run (``config.json`` but
+        no ``metrics.json``) with the same configuration resumes, so that a killed run
+        continues when its command is given again. Anything else is refused unless
+        ``overwrite``.
+
+        Raises:
+            ValueError: when the folder holds a finished run, another configuration, or
+                files that are not a run, and ``overwrite`` is not given; or when both
+                ``resume`` and ``overwrite`` are given.
+            FileNotFoundError: when ``resume`` is given and there is no run to resume.
+        """
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it.")
+        if self.is_empty():
+            if resume:
+                raise FileNotFoundError(f"Nothing to resume: run folder {self.path!r} does not exist or is empty.")
+            return False
+        if overwrite:
+            return False
+        if not self.is_run():
+            raise ValueError(
+                f"Run folder {self.path!r} exists and is not a keras-vit run (no {CONFIG_FILE}); nothing in it is "
+                f"touched. Choose another run_name/--output, or pass --overwrite to replace it."
+            )
+        if self.is_finished():
+            raise ValueError(
+                f"Run folder {self.path!r} holds a finished run. Choose another run_name/--output, or pass "
+                f"--overwrite to replace it."
+            )
+        saved = self.training_config()
+        current = json.loads(json.dumps(config))
+        different = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        if different:
+            changes = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in different)
+            raise ValueError(
+                f"Run folder {self.path!r} holds an unfinished run with another configuration ({changes}). Give the "
+                f"same configuration to resume it, or pass --overwrite to start again."
+            )
+        return True
+
+    def begin(self, config: Dict, class_names: List[str], *, resuming: bool, overwrite: bool) -> None:
+        """Creates the folder (emptied first with ``overwrite``) and, for a new run, writes
+        ``config.json`` with the class names."""
+        if overwrite and os.path.isdir(self.path):
+            shutil.rmtree(self.path)
+        os.makedirs(self.checkpoints_dir, exist_ok=True)
+        if not resuming:
+            self.write_config(json.loads(json.dumps(config)), class_names)
+
+
+# ---------------------------------------------------------------------- models given by path
+def resolve_model_path(path) -> str:
+    """The ``.keras`` file that ``path`` names: the file itself, or a run folder's model.
+
+    Raises:
+        FileNotFoundError: nothing there, or a run folder without its model (unfinished).
+        ValueError: a path that is neither a ``.keras`` file nor a folder.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        candidate = RunFolder(path).model_path
+        if not os.path.isfile(candidate):
+            raise FileNotFoundError(
+                f"Run folder {path!r} holds no {MODEL_FILE} (an unfinished run? train it again to resume); pass a "
+                f".keras file or a run folder written by training ({DEFAULT_RUNS_DIR}/<run>/{MODEL_FILE})."
+            )
+        return candidate
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model file: {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a .keras model file or a run folder; got {path!r}.")
+    return path
+
+
+def of_model(path) -> RunFolder:
+    """The run folder that holds the model ``path`` names (a ``.keras`` file or a run folder)."""
+    return RunFolder(os.path.dirname(os.path.abspath(resolve_model_path(path))))

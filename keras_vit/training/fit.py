@@ -1,0 +1,192 @@
+"""Training with ``model.fit`` on tf.data under a tf.distribute strategy, and evaluation.
+
+``train(TrainConfig(...))`` resolves and checks a configuration, builds the data
+pipelines, the model and its optimizer inside the strategy's scope, and fits with
+callbacks that make the run crash-proof (``BackupAndRestore``), logged (``CSVLogger``,
+TensorBoard, a curve PNG) and safe from NaN losses. Every run writes one folder
+(:mod:`keras_vit.run_folder`), through the lifecycle it shares with the multi-worker loop
+(:mod:`keras_vit.training.lifecycle`).
+
+Multi-worker runs use the custom loop of :mod:`keras_vit.training.multiworker` because
+Keras 3's ``fit`` does not run under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import keras
+
+from keras_vit import run_folder
+from keras_vit.training import lifecycle
+from keras_vit.training.callbacks import NaNLossError, build_callbacks
+from keras_vit.training.config import TrainConfig, resolve_config
+from keras_vit.training.recipes import (
+    accelerator,
+    accumulation_steps,
+    build_datasets,
+    build_model,
+    build_optimizer,
+    build_strategy,
+    compile_model,
+    multiworker_requested,
+    resolve_jit_compile,
+    resolve_precision,
+)
+
+# --------------------------------------------------------------------------- train
+def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False, verbose=1):
+    """Trains a ViT as ``config`` says and writes its run folder.
+
+    With no argument it trains the default small ViT on the embedded MNIST digits. The
+    configuration is resolved and checked, the run folder checked and the data found
+    before any training starts. A run killed at any moment resumes from its last
+    completed epoch when ``train`` is called again with the same configuration.
+
+    Args:
+        config: a :class:`TrainConfig` (defaults: the embedded MNIST recipe).
+        resume: insist on resuming an unfinished run.
+        overwrite: replace an existing run folder.
+        verbose: Keras progress bars (1), one line per epoch (2) or silent (0).
+
+    Returns:
+        The metrics dict also written to ``metrics.json``, plus ``run_dir``.
+
+    Raises:
+        ValueError: for an invalid configuration (naming the field) or a run folder that
+            may not be used (see :meth:`keras_vit.run_folder.RunFolder.check`).
+        FileNotFoundError: for missing data or weights.
+        RuntimeError: when the loss becomes NaN (the last good checkpoint is kept).
+    """
+    config = resolve_config(config or TrainConfig())
+    keras.utils.set_random_seed(config.seed)
+    if config.strategy == "multiworker" or (config.strategy == "auto" and multiworker_requested()):
+        from keras_vit.training import multiworker
+
+        return multiworker.train(config, resume=resume, overwrite=overwrite, verbose=verbose)
+    run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite)
+    device = accelerator(config.strategy)
+    strategy = build_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    accumulation = accumulation_steps(config, replicas)
+    if accumulation > 1 and replicas > 1:
+        # Keras's accumulation branch (a cond around the all-reduce) fails under fit with replicas.
+        raise ValueError(
+            f"Invalid configuration: total_batch_size={config.total_batch_size} needs gradient accumulation, "
+            f"which Keras's fit does not support with {replicas} replicas; set total_batch_size to the global "
+            f"batch {config.batch_size * replicas} or raise batch_size."
+        )
+    global_batch = config.batch_size * replicas
+    datasets = build_datasets(config, global_batch)
+    steps_per_epoch = datasets.train_examples // global_batch
+    train_data = datasets.train
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = config.steps_per_epoch
+        train_data = train_data.repeat()
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"Invalid configuration: batch_size={config.batch_size} x {replicas} replicas = {global_batch} "
+            f"exceeds the {datasets.train_examples} training images."
+        )
+    updates_per_epoch = max(1, steps_per_epoch // accumulation)
+    policy = resolve_precision(config.precision, device)
+    jit_compile = resolve_jit_compile(config.jit_compile, device)
+
+    previous_rows = lifecycle.begin(run, config, datasets.class_names, resuming=resuming, overwrite=overwrite)
+    best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        with strategy.scope():
+            model = build_model(config, datasets.num_classes)
+            optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas)
+            compile_model(model, config, optimizer, jit_compile=jit_compile)
+        callbacks = build_callbacks(run, best_val_accuracy=best)
+        if verbose:
+            print(
+                f"Training {model.name} ({model.count_params():,} parameters) on {datasets.train_examples} "
+                f"images for {config.epochs} epochs: {replicas} replica(s) x batch {config.batch_size}"
+                f"{f' x {accumulation} accumulated' if accumulation > 1 else ''}, {policy}, "
+                f"jit_compile={jit_compile}; run folder {run.path}"
+                + (f" (resuming after epoch {len(previous_rows)})" if resuming else "")
+            )
+        try:
+            model.fit(
+                train_data,
+                validation_data=datasets.validation,
+                epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch if config.steps_per_epoch is not None else None,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # The pipeline shuffles.
+            )
+        except NaNLossError as error:
+            rows = run.read_history()
+            kept = (
+                f"the last good epoch ({len(rows)}) is kept in {run.last_checkpoint}"
+                if rows
+                else "no epoch completed, so there is no checkpoint"
+            )
+            raise RuntimeError(
+                f"Training stopped: {error}; {kept}. Lower learning_rate (now {config.learning_rate}) "
+                f"or check the data, then train again with --overwrite."
+            ) from None
+        return lifecycle.finish(
+            run, model, datasets=datasets, steps_per_epoch=steps_per_epoch, global_batch=global_batch,
+            previous_rows=previous_rows, resuming=resuming,
+            extra={"accumulation_steps": accumulation, "replicas": replicas, "strategy": config.strategy,
+                   "device": device, "precision": policy, "jit_compile": jit_compile},
+        )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, verbose=1):
+    """Held-out accuracy of a trained model.
+
+    Args:
+        path: a run folder (its ``model.keras`` and ``config.json`` are used) or a
+            ``.keras`` file.
+        config: the data to evaluate on; default the run's configuration, or the
+            embedded MNIST validation digits for a bare ``.keras`` file.
+        batch_size: evaluation batch (default the run's ``batch_size``).
+        verbose: Keras progress bar (1) or silent (0).
+
+    Returns:
+        ``{"accuracy", "loss", "examples", "model"}``.
+
+    Raises:
+        FileNotFoundError: if there is no model at ``path``.
+        ValueError: if the model's input or classes do not fit the data.
+    """
+    from keras_vit.core.models import VisionTransformer
+
+    model_path = run_folder.resolve_model_path(path)
+    if config is None and os.path.isdir(path):
+        run = run_folder.RunFolder(path)
+        saved = run.training_config()
+        if saved is not None:
+            config = TrainConfig.from_dict(saved, source=run.config_path)
+    model = keras.saving.load_model(model_path, compile=False)
+    if config is None:
+        config = TrainConfig()
+    if isinstance(model, VisionTransformer):
+        config = dataclasses.replace(
+            config, image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0]
+        )
+    config = resolve_config(dataclasses.replace(config, output=config.output or "unused"))
+    datasets = build_datasets(config, batch_size or config.batch_size)
+    expected_input = (config.image_size, config.image_size, config.channels)
+    if tuple(model.input_shape[1:]) != expected_input:
+        raise ValueError(f"Model {model_path!r} takes inputs {model.input_shape[1:]}; the data has {expected_input}.")
+    if model.output_shape[-1] != datasets.num_classes:
+        raise ValueError(
+            f"Model {model_path!r} has {model.output_shape[-1]} classes; the data has {datasets.num_classes}."
+        )
+    compile_model(model, dataclasses.replace(config, label_smoothing=0.0), optimizer="sgd")
+    loss, accuracy = model.evaluate(datasets.validation, verbose=verbose)
+    return {"accuracy": float(accuracy), "loss": float(loss), "examples": datasets.validation_examples, "model": model_path}

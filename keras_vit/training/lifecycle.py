@@ -1,0 +1,69 @@
+"""One run's life, shared by the ``fit`` loop and the multi-worker loop.
+
+``start`` decides, before any work, whether the run folder starts a new run, resumes an
+unfinished one or is refused; ``begin`` writes ``config.json`` (with the class names the
+data reported) once the data has been found; ``finish`` saves the model, tidies the
+history, draws the curves and writes ``metrics.json`` last, so that its presence marks a
+finished run.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import keras
+
+from keras_vit.run_folder import RunFolder
+from keras_vit.training.callbacks import plot_history
+from keras_vit.training.config import TrainConfig, run_directory
+
+
+def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
+    """``(RunFolder, resuming)`` for a resolved config; ``decide=False`` (a non-chief
+    worker) opens the folder without judging it."""
+    run = RunFolder(run_directory(config))
+    if not decide:
+        return run, False
+    return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite)
+
+
+def begin(run: RunFolder, config: TrainConfig, class_names: List[str], *, resuming: bool, overwrite: bool):
+    """Creates the folder and, for a new run, writes the configuration and class names.
+
+    Returns the history rows of the epochs already done (empty for a new run)."""
+    run.begin(config.to_dict(), class_names, resuming=resuming, overwrite=overwrite)
+    return run.read_history() if resuming else []
+
+
+def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batch: int, previous_rows: List[Dict],
+           resuming: bool, extra: Optional[Dict] = None) -> Dict:
+    """Saves the model, rewrites the history, draws the curves, writes ``metrics.json``.
+
+    Returns the metrics (those of every loop plus ``extra``) and ``run_dir``."""
+    model.save(run.model_path)
+    rows = run.rewrite_history()
+    plot_history(rows, run.curves_path)
+    last = rows[-1]
+    train_seconds = sum(row.get("epoch_seconds", 0.0) for row in rows)
+    images = len(rows) * steps_per_epoch * global_batch
+    metrics = {
+        "val_accuracy": last["val_accuracy"],
+        "val_loss": last["val_loss"],
+        "best_val_accuracy": max(row["val_accuracy"] for row in rows),
+        "train_accuracy": last["accuracy"],
+        "train_loss": last["loss"],
+        "epochs": len(rows),
+        "train_seconds": round(train_seconds, 2),
+        "images_per_second": round(images / train_seconds, 1) if train_seconds else None,
+        "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "steps_per_epoch": steps_per_epoch,
+        "global_batch_size": global_batch,
+        "parameters": model.count_params(),
+        "train_examples": datasets.train_examples,
+        "validation_examples": datasets.validation_examples,
+        "class_names": list(datasets.class_names),
+        "resumed_after_epoch": len(previous_rows) if resuming else None,
+        **(extra or {}),
+    }
+    run.write_metrics(metrics)
+    return {**metrics, "run_dir": run.path}

@@ -1,0 +1,222 @@
+"""The paper's recipes as Keras objects: strategy, precision, data, model, optimizer, loss.
+
+Each ``build_*`` function turns a resolved :class:`~keras_vit.training.config.TrainConfig`
+into what ``fit`` or the multi-worker loop needs; both loops call the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+
+from keras_vit.training import optimizers
+from keras_vit.training.config import EMBEDDED_DATASET, RECIPE_DEFAULTS, STRATEGIES, TrainConfig
+
+# --------------------------------------------------------------------------- hardware
+def accelerator(strategy_name="auto"):
+    """``"tpu"``, ``"gpu"`` or ``"cpu"``: what the run will compute on."""
+    import tensorflow as tf
+
+    if strategy_name == "tpu":
+        return "tpu"
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def resolve_precision(precision, device):
+    """The Keras dtype policy for ``precision`` on ``device`` (see :class:`TrainConfig`)."""
+    if precision != "auto":
+        return precision
+    return {"gpu": "mixed_float16", "tpu": "mixed_bfloat16"}.get(device, "float32")
+
+
+def resolve_jit_compile(jit_compile, device):
+    """``jit_compile`` as a bool: ``auto`` means on for GPU/TPU, off on CPU."""
+    if jit_compile == "auto":
+        return device in ("gpu", "tpu")
+    return jit_compile == "on"
+
+
+def multiworker_requested():
+    spec = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = spec.get("cluster", {}).get("worker", [])
+    return len(workers) + len(spec.get("cluster", {}).get("chief", [])) > 1
+
+
+def build_strategy(name="auto"):
+    """Creates a ``tf.distribute`` strategy.
+
+    Args:
+        name: ``"default"`` (one device), ``"mirrored"`` (all local GPUs, or all logical
+            CPU devices when there is no GPU), ``"multiworker"`` (``TF_CONFIG`` workers),
+            ``"tpu"`` (the TPU found by ``TPUClusterResolver``), or ``"auto"``:
+            multi-worker when ``TF_CONFIG`` lists several workers, mirrored with several
+            GPUs, else default.
+
+    Returns:
+        A ``tf.distribute.Strategy``.
+
+    Raises:
+        ValueError: for an unknown name.
+        RuntimeError: when ``"tpu"`` is asked for and no TPU is found.
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; expected one of {list(STRATEGIES)}.")
+    if name == "auto":
+        if multiworker_requested():
+            name = "multiworker"
+        elif len(tf.config.list_physical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.NotFoundError, tf.errors.UnavailableError) as error:
+        raise RuntimeError(f"strategy 'tpu' was asked for but no TPU was found: {error}") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+# --------------------------------------------------------------------------- data, model, optimizer
+def accumulation_steps(config: TrainConfig, replicas: int) -> int:
+    """Micro-batches per optimizer update, so that each update sees ``total_batch_size``.
+
+    Raises:
+        ValueError: if ``total_batch_size`` is not a multiple of the global batch.
+    """
+    global_batch = config.batch_size * replicas
+    if config.total_batch_size is None or config.total_batch_size <= global_batch:
+        return 1
+    if config.total_batch_size % global_batch:
+        raise ValueError(
+            f"Invalid configuration: total_batch_size={config.total_batch_size} is not a multiple of the "
+            f"global batch {global_batch} (batch_size={config.batch_size} x {replicas} replicas)."
+        )
+    return config.total_batch_size // global_batch
+
+
+def build_datasets(config: TrainConfig, global_batch_size: int):
+    """The :class:`keras_vit.data.Datasets` a resolved config asks for."""
+    from keras_vit import data
+
+    common = dict(
+        image_size=config.image_size,
+        channels=config.channels,
+        crop=config.crop,
+        flip=config.flip,
+        eval_crop_fraction=config.eval_crop_fraction,
+        randaugment=config.randaugment,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        seed=config.seed,
+    )
+    if config.image_folder is not None:
+        return data.image_folder(
+            config.image_folder,
+            global_batch_size,
+            validation_directory=config.validation_folder,
+            validation_fraction=config.validation_fraction,
+            **common,
+        )
+    if config.dataset == EMBEDDED_DATASET:
+        return data.embedded_mnist(global_batch_size, **common)
+    return data.tfds_dataset(
+        config.dataset,
+        global_batch_size,
+        data_dir=config.data_dir,
+        download=config.download,
+        train_split=config.train_split,
+        validation_split=config.validation_split,
+        **common,
+    )
+
+
+def build_model(config: TrainConfig, num_classes: int):
+    """The ViT of a resolved config (from ``weights`` when given, with a zeroed head)."""
+    from keras_vit.zoo import ViT
+
+    keras.utils.set_random_seed(config.seed)
+    model = ViT(
+        config.variant,
+        num_classes=num_classes,
+        image_size=config.image_size,
+        channels=config.channels,
+        patch_size=config.patch_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        mlp_dim=config.mlp_dim,
+        pooling=config.pooling,
+        dropout=config.dropout,
+        drop_path_rate=config.drop_path_rate,
+        representation_size=config.representation_size,
+        weights=config.weights,
+    )
+    if config.weights is not None:
+        # Fine-tuning starts from a zero head (paper, appendix B.1.1).
+        head = model.get_layer("head")
+        head.set_weights([0 * w for w in head.get_weights()])
+    return model
+
+
+def learning_rate_schedule(config: TrainConfig, updates_per_epoch: int):
+    """Linear warm-up from 0 to ``learning_rate`` then cosine decay to 0, per optimizer update."""
+    total = max(1, config.epochs * updates_per_epoch)
+    warmup = min(int(round(config.warmup_epochs * updates_per_epoch)), total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=total - warmup,
+        alpha=0.0,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: int = 1, replicas: int = 1):
+    """The recipe's optimizer: AdamW (scratch) or SGD with momentum 0.9 (fine-tune), from
+    :mod:`keras_vit.optimizers` (Keras's update in TensorFlow's fused kernels).
+
+    Both clip the global gradient norm at ``clipnorm`` and follow
+    :func:`learning_rate_schedule`; with ``accumulation > 1`` the optimizer averages that
+    many micro-batch gradients per update (Keras's ``gradient_accumulation_steps``).
+    With ``replicas > 1`` the clipping applies to the all-reduced gradient.
+    """
+    schedule = learning_rate_schedule(config, updates_per_epoch)
+    if accumulation > 1:
+        schedule = optimizers.PerUpdateSchedule(schedule, accumulation)
+    common = dict(learning_rate=schedule, gradient_accumulation_steps=accumulation if accumulation > 1 else None)
+    sgd = RECIPE_DEFAULTS[config.recipe]["optimizer"] == "sgd"
+    if replicas > 1:
+        common["reduced_clipnorm"] = config.clipnorm or None
+        sgd_class, adamw_class = optimizers.ReplicaSafeSGD, optimizers.ReplicaSafeAdamW
+    else:
+        common["global_clipnorm"] = config.clipnorm or None
+        sgd_class, adamw_class = optimizers.SGD, optimizers.AdamW
+    if sgd:
+        return sgd_class(momentum=0.9, weight_decay=config.weight_decay or None, **common)
+    return adamw_class(weight_decay=config.weight_decay, **common)
+
+
+def compile_model(model, config: TrainConfig, optimizer, jit_compile=False):
+    """Compiles with the recipe's loss (cross-entropy on logits, label smoothing) and accuracy."""
+    from_logits = getattr(model, "classifier_activation", None) is None
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
