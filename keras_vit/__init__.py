@@ -85,5 +85,5 @@ def _started_by_the_command_line() -> bool:
 if not _started_by_the_command_line():
     # Registers every serializable class (layers, models, optimizers, schedules) so that
     # `import keras_vit` is all `keras.saving.load_model` needs.
-    from keras_vit import core  # noqa: E402,F401
-    from keras_vit.training import optimizers  # noqa: E402,F401
+    for _module in ("keras_vit.core.models", "keras_vit.training.optimizers"):
+        importlib.import_module(_module)

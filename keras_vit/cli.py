@@ -4,6 +4,11 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that declares its fl
 sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches. A
 ``ValueError``/``FileNotFoundError`` from the library ends the command with its message
 and exit status 2 instead of a traceback.
+
+Nothing here imports Keras or TensorFlow before a handler runs, so ``--help``,
+``--version`` and argument errors answer at once; and unless ``--verbose`` is given, the
+native log lines of TensorFlow, absl, oneDNN, CUDA and XNNPACK are filtered out of the
+standard error of the command and of the processes it starts.
 """
 
 from __future__ import annotations
@@ -11,11 +16,62 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import threading
+
+# Lines the native runtimes write straight to file descriptor 2, whatever Python's logging says.
+_NATIVE_LOG_LINE = re.compile(
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"  # absl / TensorFlow C++ logging
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|To enable the following instructions:"
+    rb"|This TensorFlow binary is optimized"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|WARNING:absl:"
+    rb"|W\d{4} \d\d:\d\d:\d\d"  # absl's Python logging
+    rb")"
+)
 
 
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+class _NativeLogFilter:
+    """Routes file descriptor 2 through a pipe and drops the native runtimes' log lines.
+
+    Works below Python (TensorFlow's C++ logging ignores TF_CPP_MIN_LOG_LEVEL until absl
+    is initialised) and for the child processes the command starts, which inherit the pipe.
+    """
+
+    def __init__(self):
+        sys.stderr.flush()
+        self._stderr = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._forward, args=(read,), daemon=True)
+        self._thread.start()
+
+    def _forward(self, read):
+        pending = b""
+        while True:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            # Lines end in "\n"; progress bars redraw with "\r": forward each piece as it ends.
+            pieces = re.split(rb"(?<=[\r\n])", pending)
+            pending = pieces.pop()
+            self._write(pieces)
+        self._write([pending])
+        os.close(read)
+
+    def _write(self, pieces):
+        kept = b"".join(piece for piece in pieces if piece and not _NATIVE_LOG_LINE.match(piece.lstrip(b"\r")))
+        if kept:
+            os.write(self._stderr, kept)
+
+    def close(self):
+        sys.stderr.flush()
+        os.dup2(self._stderr, 2)  # closes the pipe's last writer in this process
+        self._thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- models
@@ -139,12 +195,14 @@ def _add_train(subparsers):
 
 
 def _run_train(args):
-    from keras_vit.training.config import TrainConfig, load_config_file
-    from keras_vit.training.fit import train
+    from keras_vit.training.config import TrainConfig, load_config_file, resolve_config
 
     config = load_config_file(args.config) if args.config else TrainConfig()
     overrides = {field: getattr(args, field) for field in TrainConfig.field_names() if hasattr(args, field)}
-    config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    config = resolve_config(TrainConfig.from_dict({**config.to_dict(), **overrides}))  # checked before TensorFlow loads
+
+    from keras_vit.training.fit import train
+
     metrics = train(config, resume=args.resume, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
     if metrics.get("chief") is False:
         print(f"Worker done; the chief writes the run folder {metrics['run_dir']}.")
@@ -444,6 +502,10 @@ def build_parser():
     from keras_vit.version import __version__
 
     parser.add_argument("--version", action="version", version=f"keras-vit {__version__}")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show the log lines of TensorFlow, absl, oneDNN, CUDA and XNNPACK (hidden by default)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
@@ -451,17 +513,23 @@ def build_parser():
 
 
 def main(argv=None):
-    _quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    log_filter = None
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        log_filter = _NativeLogFilter()
     try:
         result = args.handler(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if log_filter is not None:
+            log_filter.close()
     return int(result or 0)
 
 

@@ -146,6 +146,15 @@ class RunFolder:
         names = values.get(CLASS_NAMES_KEY)
         return [str(name) for name in names] if names else None
 
+    def image_folder(self) -> Optional[str]:
+        """The image folder the run was validated on (or trained on), if it still exists."""
+        values = self.training_config() or {}
+        for key in ("validation_folder", "image_folder"):
+            folder = values.get(key)
+            if folder and os.path.isdir(folder):
+                return folder
+        return None
+
     def write_config(self, config: Dict, class_names: Optional[List[str]] = None) -> None:
         values = dict(config)
         if class_names is not None:
@@ -248,7 +257,7 @@ class RunFolder:
         ``config.json`` with the class names."""
         if overwrite and os.path.isdir(self.path):
             shutil.rmtree(self.path)
-        os.makedirs(self.checkpoints_dir, exist_ok=True)
+        os.makedirs(self.path, exist_ok=True)
         if not resuming:
             self.write_config(json.loads(json.dumps(config)), class_names)
 
@@ -266,7 +275,7 @@ def resolve_model_path(path) -> str:
         candidate = RunFolder(path).model_path
         if not os.path.isfile(candidate):
             raise FileNotFoundError(
-                f"Run folder {path!r} holds no {MODEL_FILE} (an unfinished run? train it again to resume); pass a "
+                f"Run folder {path!r} has no {MODEL_FILE} (an unfinished run? train it again to resume); pass a "
                 f".keras file or a run folder written by training ({DEFAULT_RUNS_DIR}/<run>/{MODEL_FILE})."
             )
         return candidate

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.core.models import VisionTransformer
+from conftest import tiny_vit
 
 OTHER_BACKEND = "jax" if keras.backend.backend() != "jax" else "tensorflow"
 _CHILD = textwrap.dedent(
@@ -39,9 +39,7 @@ def models_run_by_the_other_backend(tmp_path_factory):
     directory = tmp_path_factory.mktemp("backends")
     cases = {}
     for name, options in CASES.items():
-        arguments = dict(image_size=16, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, num_classes=5)
-        arguments.update(options)
-        model = VisionTransformer(**arguments)
+        model = tiny_vit(**options)
         rng = np.random.default_rng(0)
         for weight in model.weights:
             weight.assign(rng.normal(scale=0.5, size=weight.shape))

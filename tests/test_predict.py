@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vit.data import images as image_files
+from keras_vit.data import images as image_reading
 from keras_vit.deploy import artifacts, export, predict
 from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
@@ -47,7 +47,7 @@ def image_files(tmp_path_factory):
     large = folder / "large.jpg"
     large.write_bytes(tf.io.encode_jpeg(np.tile(pixels[0], (2, 3, 1))).numpy())
     paths.append(str(large))
-    decoded = np.stack([image_files.decode_and_resize(tf.io.read_file(p), (32, 32), 3).numpy() for p in paths])
+    decoded = np.stack([image_reading.decode_and_resize(tf.io.read_file(p), (32, 32), 3).numpy() for p in paths])
     return paths, decoded
 
 

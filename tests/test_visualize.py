@@ -14,30 +14,22 @@ from keras_vit.weights.npz import from_npz, read_npz
 from keras_vit.cli import main
 from keras_vit.core.models import VisionTransformer
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
-
-def _reference(name):
-    """The checkpoint fixture's model and its images."""
-    model = from_npz(os.path.join(DATA, f"{name}.npz"))
-    with np.load(os.path.join(DATA, f"{name}.expected.npz")) as expected:
-        images = expected["images"][:3]
-    return model, images
+from conftest import DATA, reference_model
 
 
 @pytest.fixture(scope="module")
 def token_model():
-    return _reference("vit_token")  # 32x32, 4x4 grid + class token, 2 blocks, 3 heads
+    return reference_model("vit_token")  # 32x32, 4x4 grid + class token, 2 blocks, 3 heads
 
 
 @pytest.fixture(scope="module")
 def gap_model():
-    return _reference("vit_gap")  # 32x32, 8x8 grid, no class token, 1 block, 2 heads
+    return reference_model("vit_gap")  # 32x32, 8x8 grid, no class token, 1 block, 2 heads
 
 
 @pytest.fixture(scope="module")
 def hybrid_model():
-    return _reference("vit_hybrid")  # ResNet stem of stride 8, 1x1 patches: 4x4 grid
+    return reference_model("vit_hybrid")  # ResNet stem of stride 8, 1x1 patches: 4x4 grid
 
 
 def _small_vit(image_size, patch_size, pooling, position_embedding, num_layers=2, hidden_size=32):

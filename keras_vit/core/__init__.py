@@ -2,17 +2,26 @@
 
 ``keras.ops`` only, so it runs on TensorFlow, JAX and PyTorch; nothing here imports
 TensorFlow, and nothing here imports the rest of keras_vit except :mod:`keras_vit.backends`.
+The names below load on first use, so that :mod:`keras_vit.core.config` (the variant
+table, plain Python) is read without importing Keras.
 """
 
-from keras_vit.core.config import ViTConfig, decode_variant
-from keras_vit.core.layers import (
-    MLP,
-    DropPath,
-    LayerNorm,
-    Patches,
-    PatchEncoder,
-    SelfAttention,
-    TokenPooling,
-    TransformerBlock,
-)
-from keras_vit.core.models import VisionTransformer, forward_flops
+import importlib
+
+_API = {
+    **dict.fromkeys(["ViTConfig", "decode_variant"], "keras_vit.core.config"),
+    **dict.fromkeys(
+        ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "SelfAttention", "TokenPooling", "TransformerBlock"],
+        "keras_vit.core.layers",
+    ),
+    **dict.fromkeys(["VisionTransformer", "forward_flops"], "keras_vit.core.models"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'keras_vit.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value

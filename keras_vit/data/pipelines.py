@@ -148,6 +148,7 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
             use_image_if_no_bounding_boxes=True,
         )
         image = tf.slice(image, begin, crop_size)
+        image.set_shape([None, None, channels])  # a slice of runtime size loses the static channel count
         image = tf.image.resize(image, (height, width), method="bilinear")
     elif crop == "translate":
         image = tf.image.resize(image, (height, width), method="bilinear")
@@ -160,7 +161,7 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
     if flip:
         image = tf.image.random_flip_left_right(image)
     image = tf.clip_by_value(image, 0.0, 255.0)
-    return scale_pixels(image)
+    return scale_pixels(tf.ensure_shape(image, (height, width, channels)))
 
 
 def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):

@@ -64,7 +64,7 @@ def load_keras_model(path):
     """
     import keras
 
-    from keras_vit import core  # noqa: F401  (registers the layers for deserialisation)
+    from keras_vit.core import models  # noqa: F401  (registers the layers for deserialisation)
 
     return keras.saving.load_model(run_folder.resolve_model_path(path), compile=False)
 

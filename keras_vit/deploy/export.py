@@ -495,7 +495,8 @@ def export_model(
         class_names: None (the run's ``config.json`` ``class_names``, else ``"0"``..),
             a list, a comma-separated string or a file with one name per line.
         images_dir: folder of images for int8 calibration and verification (see
-            :func:`export_data`); None uses embedded MNIST for 28x28x1 models.
+            :func:`export_data`); None uses the run's own image folder (for a run folder
+            trained on one), else embedded MNIST for 28x28x1 models.
         data: a dict as returned by :func:`export_data`, overriding ``images_dir``.
         top_k: k of the SavedModel bytes signature's top-k outputs.
         opset: ONNX opset (>= 17).
@@ -529,6 +530,8 @@ def export_model(
         run = run_folder.of_model(model_path)
         if class_names is None:
             class_names = run.class_names()
+        if images_dir is None and data is None:
+            images_dir = run.image_folder()  # calibrate and verify on the run's own images
         if output_dir is None:
             output_dir = run.export_dir
         model = load_keras_model(model_path)

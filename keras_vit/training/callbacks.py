@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import keras
@@ -69,6 +70,7 @@ def plot_history(rows, path):
 
 def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True):
     """The run's callbacks, in the order they must run at the end of an epoch."""
+    os.makedirs(run.checkpoints_dir, exist_ok=True)
     callbacks = [
         StopOnNaN(),
         EpochTimer(),

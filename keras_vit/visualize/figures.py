@@ -24,6 +24,7 @@ from keras_vit.visualize.attention import (
     load_images,
     position_embedding_similarity,
     resolve_model,
+    upsample_heatmap,
 )
 
 FIGURE_DPI = 100

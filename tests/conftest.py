@@ -1,0 +1,80 @@
+"""Shared fixtures: the reference checkpoints, tiny ViT builders, one trained MNIST run.
+
+Tests marked ``slow`` train or export a real model, start processes or run notebooks;
+``bash scripts/test.sh -m "not slow"`` runs the rest (the fast tier).
+"""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+DATA = pathlib.Path(__file__).parent / "data"
+REPO = pathlib.Path(__file__).parent.parent
+
+
+def reference_path(name, suffix=".npz"):
+    """A reference checkpoint of tests/data (``vit_token``, ``vit_gap``, ``vit_i21k_style``,
+    ``vit_hybrid``), or its ``.expected.npz`` outputs of the original code."""
+    return DATA / f"{name}{suffix}"
+
+
+def reference_model(name):
+    """The reference checkpoint's model and its first three images."""
+    from keras_vit.weights.npz import from_npz
+
+    model = from_npz(reference_path(name))
+    with np.load(reference_path(name, ".expected.npz")) as expected:
+        images = expected["images"][:3]
+    return model, images
+
+
+def tiny_vit(**overrides):
+    """A ViT small enough to build and run in well under a second (16x16, 2 blocks of width 16)."""
+    from keras_vit.core.models import VisionTransformer
+
+    arguments = dict(image_size=16, patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, num_classes=5)
+    arguments.update(overrides)
+    return VisionTransformer(**arguments)
+
+
+def randomize(model, seed=0, scale=0.2):
+    """Gives every weight non-trivial values (the head starts at zero)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        weight.assign(rng.normal(0, scale, weight.shape).astype(weight.dtype))
+    return model
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory):
+    """The README's main job, trained once per session through the public API with its
+    defaults: ``(RunFolder, model, metrics)``. A fully trained model: full-integer int8
+    keeps >= 99% top-1 agreement on it, while briefly trained models sit at the threshold."""
+    import keras
+
+    import keras_vit
+
+    metrics = keras_vit.train(keras_vit.TrainConfig(output=str(tmp_path_factory.mktemp("saved_models") / "mnist")), verbose=0)
+    run = keras_vit.RunFolder(metrics["run_dir"])
+    return run, keras.saving.load_model(run.model_path), metrics
+
+
+@pytest.fixture(scope="session")
+def mnist_validation():
+    """The embedded MNIST validation digits as model input, with their labels."""
+    from keras_vit.data import load_embedded_mnist, scale_pixels
+
+    _, (x_val, y_val) = load_embedded_mnist()
+    return scale_pixels(x_val[..., None]), y_val.astype("int64")
+
+
+def pytest_collection_modifyitems(items):
+    # Any test that uses the trained MNIST run is slow (the training takes minutes).
+    for item in items:
+        if "mnist_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
