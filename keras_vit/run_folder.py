@@ -209,7 +209,7 @@ class RunFolder:
         return rows
 
     # ------------------------------------------------------------------ starting a run
-    def check(self, config: Dict, *, resume=False, overwrite=False) -> bool:
+    def check(self, config: Dict, *, resume=False, overwrite=False, canonical=None) -> bool:
         """Decides what to do with this folder before any work starts; returns whether to resume.
 
         A missing or empty folder starts a new run. An unfinished run (``config.json`` but
@@ -222,6 +222,9 @@ class RunFolder:
                 files that are not a run, and ``overwrite`` is not given; or when both
                 ``resume`` and ``overwrite`` are given.
             FileNotFoundError: when ``resume`` is given and there is no run to resume.
+
+        ``canonical`` maps a saved configuration to the form of ``config`` (for files
+        written in an older layout) before the two are compared.
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it.")
@@ -242,7 +245,12 @@ class RunFolder:
                 f"--overwrite to replace it."
             )
         saved = self.training_config()
-        current = json.loads(json.dumps(config))
+        if canonical is not None:
+            try:
+                saved = canonical(saved)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"Run folder {self.path!r} holds an unreadable configuration ({error}).") from None
+        saved, current = _leaves(json.loads(json.dumps(saved))), _leaves(json.loads(json.dumps(config)))
         different = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
         if different:
             changes = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in different)
@@ -260,6 +268,14 @@ class RunFolder:
         os.makedirs(self.path, exist_ok=True)
         if not resuming:
             self.write_config(json.loads(json.dumps(config)), class_names)
+
+
+def _leaves(values: Dict) -> Dict:
+    # A configuration's fields, sections flattened (field names are unique across sections).
+    leaves = {}
+    for key, value in values.items():
+        leaves.update(_leaves(value) if isinstance(value, dict) else {key: value})
+    return leaves
 
 
 # ---------------------------------------------------------------------- models given by path

@@ -150,7 +150,8 @@ def test_run_folder_contents_evaluate_and_no_overwrite(tmp_path, capsys):
     assert saved["train_seconds"] > 0 and saved["images_per_second"] > 0
     assert metrics["run_dir"] == str(output)
     config = json.loads((output / "config.json").read_text())
-    assert config["hidden_size"] == 32 and config["warmup_epochs"] == pytest.approx(0.2)
+    assert config["model"]["hidden_size"] == 32 and config["optimization"]["warmup_epochs"] == pytest.approx(0.2)
+    assert config["class_names"] == [str(digit) for digit in range(10)]
 
     # evaluate (library and command) gives the final validation accuracy back.
     result = evaluate(str(output), verbose=0)

@@ -83,3 +83,60 @@ def as_pair(value, name: str) -> Tuple[int, int]:
     if min(pair) < 1:
         raise ValueError(f"`{name}` must be positive; got {value!r}.")
     return pair
+
+
+def _is_int(value, minimum=1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_rate(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
+def _refuse(name, value, accepted):
+    raise ValueError(f"{name}={value!r}; expected {accepted}.")
+
+
+def check_architecture(
+    *,
+    hidden_size,
+    num_layers,
+    num_heads,
+    mlp_dim,
+    patch_size=16,
+    image_size=None,
+    channels=3,
+    pooling="token",
+    dropout=0.0,
+    attention_dropout=0.0,
+    drop_path_rate=0.0,
+    representation_size=None,
+    stem_stride=1,
+):
+    """Checks a Vision Transformer's arguments before anything is built.
+
+    Each failure is a ``ValueError`` that starts ``"<name>=<value>; expected ..."``, so the
+    builders and the training configuration report the same words.
+    """
+    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
+                        ("mlp_dim", mlp_dim)):
+        if not _is_int(value):
+            _refuse(name, value, "a positive integer")
+    if hidden_size % num_heads:
+        _refuse("num_heads", num_heads, f"a divisor of hidden_size={hidden_size}")
+    patch = as_pair(patch_size, "patch_size")
+    if image_size is not None:
+        size = as_pair(image_size, "image_size")
+        step = (patch[0] * stem_stride, patch[1] * stem_stride)
+        if size[0] % step[0] or size[1] % step[1]:
+            _refuse("image_size", image_size, f"a positive multiple of patch_size={patch[0]}"
+                    + (f" times the ResNet stem's stride {stem_stride}" if stem_stride > 1 else ""))
+    if not _is_int(channels):
+        _refuse("channels", channels, "a positive integer (3 for RGB, 1 for grayscale)")
+    if pooling not in POOLINGS:
+        _refuse("pooling", pooling, " or ".join(repr(p) for p in POOLINGS))
+    for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout), ("drop_path_rate", drop_path_rate)):
+        if not _is_rate(value):
+            _refuse(name, value, "a number in [0, 1)")
+    if representation_size is not None and not _is_int(representation_size):
+        _refuse("representation_size", representation_size, "a positive integer or None")

@@ -14,7 +14,7 @@ import keras
 
 from keras_vit import backends
 from keras_vit.core import hybrid
-from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair
+from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, check_architecture
 from keras_vit.core.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
@@ -103,8 +103,12 @@ class VisionTransformer(keras.Model):
                     f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
                     f"Use include_top=False for a model without a head."
                 )
-            if not isinstance(channels, int) or channels < 1:
-                raise ValueError(f"channels must be a positive integer (3 for RGB, 1 for grayscale); got {channels!r}.")
+            check_architecture(
+                hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
+                patch_size=patch_size, channels=channels, pooling=pooling, dropout=dropout,
+                attention_dropout=attention_dropout, drop_path_rate=drop_path_rate,
+                representation_size=representation_size,
+            )
             if resnet is not None:
                 stages, width_factor = resnet
                 resnet = (tuple(int(s) for s in stages), float(width_factor))

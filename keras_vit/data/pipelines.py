@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -74,17 +75,48 @@ def _as_size(image_size):
         and all(isinstance(v, int) and v > 0 for v in image_size)
     ):
         return tuple(image_size)
-    raise ValueError(f"image_size must be an int or (height, width) of positive ints; got {image_size!r}.")
+    _refuse("image_size", image_size, "an int or (height, width) of positive ints")
 
 
-def _check_common(image_size, channels, crop, batch_size):
+def _refuse(name, value, accepted):
+    raise ValueError(f"{name}={value!r}; expected {accepted}.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1.0, randaugment=None, mixup=None,
+                  cutmix=None, batch_size=None):
+    """Checks what the pipelines take before any file is read; returns ``(height, width)``.
+
+    Each failure is a ``ValueError`` that starts ``"<name>=<value>; expected ..."`` (the
+    training configuration reports the same words).
+    """
     size = _as_size(image_size)
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels!r}.")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        _refuse("channels", channels, "1 (grayscale) or 3 (RGB)")
     if crop not in CROPS:
-        raise ValueError(f"crop must be one of {list(CROPS)}; got {crop!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        _refuse("crop", crop, f"one of {list(CROPS)}")
+    if not isinstance(flip, bool):
+        _refuse("flip", flip, "true or false")
+    if not (_is_number(eval_crop_fraction) and 0 < eval_crop_fraction <= 1):
+        _refuse("eval_crop_fraction", eval_crop_fraction, "a number in (0, 1]")
+    if randaugment is not None and not (
+        isinstance(randaugment, (tuple, list))
+        and len(randaugment) == 2
+        and isinstance(randaugment[0], int)
+        and not isinstance(randaugment[0], bool)
+        and randaugment[0] >= 1
+        and _is_number(randaugment[1])
+        and 0 < randaugment[1] <= 1
+    ):
+        _refuse("randaugment", randaugment, "null or [num_ops >= 1, magnitude in (0, 1]], e.g. [2, 0.5]")
+    for name, value in (("mixup", mixup), ("cutmix", cutmix)):
+        if value is not None and not (_is_number(value) and value > 0):
+            _refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
+    if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        _refuse("batch_size", batch_size, "a positive integer")
     return size
 
 
@@ -239,25 +271,6 @@ def _mix(layer, images, labels):
     return tf.cast(mixed["images"], tf.float32), tf.cast(mixed["labels"], tf.float32)
 
 
-def _check_augmentation(randaugment, mixup, cutmix, crop_fraction):
-    if randaugment is not None:
-        if (
-            not isinstance(randaugment, (tuple, list))
-            or len(randaugment) != 2
-            or not isinstance(randaugment[0], int)
-            or randaugment[0] < 1
-            or not 0 < float(randaugment[1]) <= 1
-        ):
-            raise ValueError(
-                f"randaugment must be None or (num_ops >= 1, magnitude in (0, 1]), e.g. (2, 0.5); got {randaugment!r}."
-            )
-    for name, value in (("mixup", mixup), ("cutmix", cutmix)):
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"{name} must be None or a positive float (the Beta distribution's alpha); got {value!r}.")
-    if not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
-        raise ValueError(f"eval_crop_fraction must be in (0, 1]; got {crop_fraction!r}.")
-
-
 def _build_pipelines(
     train,
     validation,
@@ -344,8 +357,10 @@ def embedded_mnist(
     """
     import tensorflow as tf
 
-    size = _check_common(image_size, channels, crop, batch_size)
-    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    size = check_options(
+        image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+    )
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
     train, validation = _build_pipelines(
         tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train)),
@@ -498,8 +513,10 @@ def image_folder(
         FileNotFoundError: for a missing folder.
         ValueError: for an invalid argument, or a folder without readable images.
     """
-    size = _check_common(image_size, channels, crop, batch_size)
-    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    size = check_options(
+        image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+    )
     paths, labels, class_names, skipped = scan_image_folder(directory)
     if validation_directory is not None:
         val_paths, val_labels, _, val_skipped = scan_image_folder(validation_directory, class_names)
@@ -597,8 +614,10 @@ def tfds_dataset(
     """
     import tensorflow_datasets as tfds
 
-    size = _check_common(image_size, channels, crop, batch_size)
-    _check_augmentation(randaugment, mixup, cutmix, eval_crop_fraction)
+    size = check_options(
+        image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+    )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -671,7 +690,7 @@ def image_folder_dataset(
     Raises:
         FileNotFoundError, ValueError: as :func:`scan_image_folder`, or for an invalid argument.
     """
-    size = _check_common(image_size, channels, crop, batch_size)
+    size = check_options(image_size=image_size, channels=channels, crop=crop, flip=flip, batch_size=batch_size)
     paths, labels, class_names, _ = scan_image_folder(directory)
     files = _file_dataset(paths, labels)
     train, evaluation = _build_pipelines(

@@ -1,18 +1,25 @@
-"""The training configuration: fields, recipe and dataset defaults, and every check.
+"""The training configuration in sections, with recipe and dataset defaults and every check.
 
-``TrainConfig`` holds everything a run needs; :func:`resolve_config` fills the fields left
-``None`` from the recipe and the dataset and checks each one before any work starts,
-naming the field, its value and what is accepted. YAML/JSON files and CLI flags map onto
-the same fields (:func:`load_config_file`).
+A :class:`TrainConfig` has five sections: ``data`` (what the data pipelines take),
+``model`` (exactly the keyword arguments of :func:`keras_vit.ViT`, the number of classes
+aside, which the data gives), ``optimization``, ``hardware`` and ``run``. Field names are
+unique across sections, so a flat mapping (CLI flags, a flat YAML file, or
+``TrainConfig(epochs=3, image_folder="photos")``) maps onto them; nested YAML/JSON
+(``model: {variant: S/16}``) works too. :func:`resolve_config` fills the fields left
+``None`` from the recipe and the dataset and checks each section with the code that uses
+it (:func:`keras_vit.core.config.check_architecture`,
+:func:`keras_vit.data.pipelines.check_options`, this module for the rest) before any
+work starts, naming the field, its value and what is accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from keras_vit import run_folder
 
@@ -44,50 +51,18 @@ RECIPE_DEFAULTS = {
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs; ``None`` fields take recipe or dataset defaults.
+class DataConfig:
+    """What the data pipelines take (:mod:`keras_vit.data`); image size and channels come
+    from the model section.
 
-    Data:
-        dataset: ``"mnist"`` (the embedded digits) or a TFDS name (``"cifar10"``, ...).
-        image_folder: train on a folder of images (one sub-folder per class) instead.
-        validation_folder: validation folder laid out the same way (image folders only).
-        validation_fraction: share of each class held out when there is no validation folder.
-        data_dir: TFDS data directory.
-        download: let TFDS download and prepare a dataset that is not in ``data_dir``.
-        train_split, validation_split: TFDS splits.
-        crop, flip, eval_crop_fraction, randaugment, mixup, cutmix: see
-            :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
-            digits, ``"inception"`` and on otherwise).
-    Model:
-        variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
-            (``Ti/4`` at width 64, 4 blocks) and ``"B/16"`` otherwise.
-        patch_size, hidden_size, num_layers, num_heads, mlp_dim: override the variant.
-        image_size, channels: input; defaults 28 and 1 for the digits, 224 (384 when
-            fine-tuning) and 3 otherwise.
-        pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
-            (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
-        weights: checkpoint to start from (fine-tuning); the head is zero-initialised.
-    Optimisation:
-        recipe: ``"scratch"`` (AdamW) or ``"finetune"`` (SGD momentum 0.9).
-        epochs: number of epochs (default 50 for the small MNIST ViT, else 30).
-        batch_size: images per replica and step.
-        total_batch_size: images per optimizer update; a multiple of the global batch
-            (``batch_size x replicas``) reached by gradient accumulation. Fine-tuning
-            defaults to 512 as in the paper (or the global batch when that is larger).
-        steps_per_epoch: cap the steps of an epoch (default: one pass over the data).
-        learning_rate, weight_decay, label_smoothing: recipe defaults.
-        warmup_epochs: linear warm-up length (default 10% of the epochs).
-        clipnorm: global-norm gradient clipping (1.0 as in the paper; 0 disables).
-    Hardware:
-        strategy: ``auto``, ``default``, ``mirrored``, ``multiworker`` or ``tpu``.
-        precision: ``auto`` (``mixed_float16`` on GPU, ``mixed_bfloat16`` on TPU,
-            ``float32`` on CPU where bfloat16 arithmetic is emulated and slower), or a
-            policy name.
-        jit_compile: ``auto`` (on for GPU/TPU, off on CPU where XLA is slower), ``on``, ``off``.
-        seed: initialisation, shuffling and augmentation seed.
-    Run:
-        run_name: folder name under ``saved_models/`` (default from dataset and variant).
-        output: the run folder itself, overriding ``run_name``.
+    dataset: ``"mnist"`` (the embedded digits) or a TFDS name (``"cifar10"``, ...).
+    image_folder: train on a folder of images (one sub-folder per class) instead.
+    validation_folder: validation folder laid out the same way (image folders only).
+    validation_fraction: share of each class held out when there is no validation folder.
+    data_dir, download, train_split, validation_split: TFDS's.
+    crop, flip, eval_crop_fraction, randaugment, mixup, cutmix: see
+        :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
+        digits, ``"inception"`` and on otherwise).
     """
 
     dataset: str = EMBEDDED_DATASET
@@ -105,6 +80,21 @@ class TrainConfig:
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
 
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
+
+    variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
+        (``Ti/4`` at width 64, 4 blocks) and ``"B/16"`` otherwise.
+    patch_size, hidden_size, num_layers, num_heads, mlp_dim: override the variant's.
+    image_size, channels: input; defaults 28 and 1 for the digits, 224 (384 when
+        fine-tuning) and 3 otherwise.
+    pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
+        (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
+    weights: checkpoint to start from (fine-tuning); the head is zero-initialised.
+    """
+
     variant: Optional[str] = None
     patch_size: Optional[int] = None
     hidden_size: Optional[int] = None
@@ -119,6 +109,23 @@ class TrainConfig:
     representation_size: Optional[int] = None
     weights: Optional[str] = None
 
+
+@dataclasses.dataclass
+class OptimizationConfig:
+    """The recipe and its schedule.
+
+    recipe: ``"scratch"`` (AdamW) or ``"finetune"`` (SGD momentum 0.9).
+    epochs: number of epochs (default 50 for the small MNIST ViT, else 30).
+    batch_size: images per replica and step.
+    total_batch_size: images per optimizer update; a multiple of the global batch
+        (``batch_size x replicas``) reached by gradient accumulation. Fine-tuning
+        defaults to 512 as in the paper (or the global batch when that is larger).
+    steps_per_epoch: cap the steps of an epoch (default: one pass over the data).
+    learning_rate, weight_decay, label_smoothing: recipe defaults.
+    warmup_epochs: linear warm-up length (default 10% of the epochs).
+    clipnorm: global-norm gradient clipping (1.0 as in the paper; 0 disables).
+    """
+
     recipe: str = "scratch"
     epochs: Optional[int] = None
     batch_size: int = 128
@@ -130,39 +137,164 @@ class TrainConfig:
     warmup_epochs: Optional[float] = None
     clipnorm: float = 1.0
 
+
+@dataclasses.dataclass
+class HardwareConfig:
+    """Where and how it computes.
+
+    strategy: ``auto``, ``default``, ``mirrored``, ``multiworker`` or ``tpu``.
+    precision: ``auto`` (``mixed_float16`` on GPU, ``mixed_bfloat16`` on TPU, ``float32``
+        on CPU where bfloat16 arithmetic is emulated and slower), or a policy name.
+    jit_compile: ``auto`` (on for GPU/TPU, off on CPU where XLA is slower), ``on``, ``off``.
+    seed: initialisation, shuffling and augmentation seed.
+    """
+
     strategy: str = "auto"
     precision: str = "auto"
     jit_compile: str = "auto"
     seed: int = 0
 
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where the run folder is.
+
+    run_name: folder name under ``saved_models/`` (default from dataset and variant).
+    output: the run folder itself, overriding ``run_name``.
+    """
+
     run_name: Optional[str] = None
     output: Optional[str] = None
 
-    @classmethod
-    def field_names(cls):
-        return [f.name for f in dataclasses.fields(cls)]
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimization": OptimizationConfig,
+    "hardware": HardwareConfig,
+    "run": RunConfig,
+}
+# Flat field name -> its section (names are unique across sections).
+FIELD_SECTIONS = {field.name: section for section, cls in SECTIONS.items() for field in dataclasses.fields(cls)}
+
+
+def _unknown_fields_message(unknown, source):
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(FIELD_SECTIONS) + list(SECTIONS), n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return (
+        f"Unknown field(s) {unknown} in {source}: {', '.join(hints)}; accepted sections {list(SECTIONS)} and "
+        f"fields {list(FIELD_SECTIONS)}."
+    )
+
+
+class TrainConfig:
+    """Everything a training run needs, in five sections; ``None`` fields take recipe or
+    dataset defaults (:func:`resolve_config`).
+
+    Build it from sections, from flat fields, or both::
+
+        TrainConfig(image_folder="photos", variant="S/16", epochs=10)
+        TrainConfig(model=ModelConfig(variant="S/16"), optimization={"epochs": 10})
+
+    Reading a field by its flat name (``config.epochs``) reads it from its section.
+    """
+
+    __slots__ = tuple(SECTIONS)
+
+    def __init__(self, *, data=None, model=None, optimization=None, hardware=None, run=None, **fields):
+        given = dict(data=data, model=model, optimization=optimization, hardware=hardware, run=run)
+        unknown = [key for key in fields if key not in FIELD_SECTIONS]
+        if unknown:
+            raise TypeError(_unknown_fields_message(unknown, "TrainConfig"))
+        for name, cls in SECTIONS.items():
+            value = given[name]
+            if value is None:
+                value = cls()
+            elif isinstance(value, dict):
+                value = _section_from_dict(cls, name, value, f"section {name!r}")
+            elif not isinstance(value, cls):
+                raise TypeError(f"TrainConfig section {name}= must be a {cls.__name__} or a dict; got {type(value).__name__}.")
+            else:
+                value = dataclasses.replace(value)
+            object.__setattr__(self, name, value)
+        for key, value in fields.items():
+            setattr(getattr(self, FIELD_SECTIONS[key]), key, value)
+
+    def __getattr__(self, name):
+        section = FIELD_SECTIONS.get(name)
+        if section is None:
+            raise AttributeError(f"TrainConfig has no field {name!r}")
+        return getattr(object.__getattribute__(self, section), name)
+
+    def __setattr__(self, name, value):
+        if name in SECTIONS:
+            object.__setattr__(self, name, value)
+        elif name in FIELD_SECTIONS:
+            setattr(getattr(self, FIELD_SECTIONS[name]), name, value)
+        else:
+            raise AttributeError(f"TrainConfig has no field {name!r}")
+
+    def __eq__(self, other):
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return "TrainConfig(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in SECTIONS) + ")"
+
+    @staticmethod
+    def field_names():
+        """Every field's flat name, section by section."""
+        return list(FIELD_SECTIONS)
+
+    def replace(self, **fields) -> "TrainConfig":
+        """A copy with some fields (flat names) or whole sections changed."""
+        sections = {name: fields.pop(name) if name in fields else getattr(self, name) for name in SECTIONS}
+        return TrainConfig(**sections, **fields)
+
+    def to_dict(self) -> Dict[str, dict]:
+        """``{section: {field: value}}``, as written to ``config.json``."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_flat_dict(self) -> dict:
+        return {key: value for section in self.to_dict().values() for key, value in section.items()}
 
     @classmethod
     def from_dict(cls, values, source="configuration"):
-        """Builds a config from a mapping, refusing unknown keys by name.
+        """Builds a config from a mapping of sections and/or flat fields, refusing unknown keys.
 
         Raises:
-            ValueError: for a key that is not a field (listing the accepted ones).
+            ValueError: for a key that is neither a section nor a field (with a near match).
         """
         if not isinstance(values, dict):
             raise ValueError(f"{source} must be a mapping of field: value; got {type(values).__name__}.")
-        names = cls.field_names()
-        unknown = [key for key in values if key.replace("-", "_") not in names]
+        values = {str(key).replace("-", "_"): value for key, value in values.items()}
+        unknown = [key for key in values if key not in SECTIONS and key not in FIELD_SECTIONS]
         if unknown:
-            raise ValueError(f"Unknown field(s) {unknown} in {source}; accepted fields: {names}.")
-        return cls(**{key.replace("-", "_"): value for key, value in values.items()})
+            raise ValueError(_unknown_fields_message(unknown, source))
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            if name in values:
+                sections[name] = _section_from_dict(section_cls, name, values[name], f"section {name!r} of {source}")
+        flat = {key: value for key, value in values.items() if key in FIELD_SECTIONS}
+        return cls(**sections, **flat)
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
+
+def _section_from_dict(section_cls, name, values, source):
+    if not isinstance(values, dict):
+        raise ValueError(f"{source} must be a mapping of field: value; got {type(values).__name__}.")
+    names = [field.name for field in dataclasses.fields(section_cls)]
+    unknown = [key for key in values if str(key).replace("-", "_") not in names]
+    if unknown:
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(key), names, n=1)) else "")
+                 for key in unknown]
+        raise ValueError(f"Unknown field(s) {unknown} in {source}: {', '.join(hints)}; the {name} section takes {names}.")
+    return section_cls(**{str(key).replace("-", "_"): value for key, value in values.items()})
 
 
 def load_config_file(path):
-    """Reads a YAML (``.yaml``/``.yml``) or JSON (``.json``) configuration file.
+    """Reads a YAML (``.yaml``/``.yml``) or JSON (``.json``) configuration file, nested in
+    sections or flat.
 
     Returns:
         A :class:`TrainConfig` (not yet resolved).
@@ -199,8 +331,16 @@ def _fail(field, value, accepted):
     raise ValueError(f"Invalid configuration: {field}={value!r}; expected {accepted}.")
 
 
+def _checked(check, **arguments):
+    # The sections' own checks say "<field>=<value>; expected ..."; this says where it came from.
+    try:
+        return check(**arguments)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"Invalid configuration: {error}") from None
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fills the ``None`` fields with recipe and dataset defaults and checks every field.
+    """Fills the ``None`` fields with recipe and dataset defaults and checks every section.
 
     Args:
         config: a :class:`TrainConfig`.
@@ -211,133 +351,129 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     Raises:
         ValueError: naming the first invalid field, its value and what is accepted.
     """
-    from keras_vit.core.config import decode_variant
-    from keras_vit.data.pipelines import CROPS
+    from keras_vit.core.config import check_architecture, decode_variant
+    from keras_vit.data.pipelines import check_options
 
-    c = dataclasses.replace(config)
-    if c.recipe not in RECIPES:
-        _fail("recipe", c.recipe, f"one of {list(RECIPES)}")
-    defaults = RECIPE_DEFAULTS[c.recipe]
-    digits = c.image_folder is None and c.dataset == EMBEDDED_DATASET
-    if not isinstance(c.dataset, str) or not c.dataset:
-        _fail("dataset", c.dataset, f"'{EMBEDDED_DATASET}' or a TFDS dataset name")
-    for field in ("image_folder", "validation_folder", "data_dir", "weights", "run_name", "output", "validation_split"):
-        value = getattr(c, field)
+    c = config.replace()
+    data, model, optimization, hardware, run = c.data, c.model, c.optimization, c.hardware, c.run
+    if optimization.recipe not in RECIPES:
+        _fail("recipe", optimization.recipe, f"one of {list(RECIPES)}")
+    defaults = RECIPE_DEFAULTS[optimization.recipe]
+
+    # data: where the images come from
+    digits = data.image_folder is None and data.dataset == EMBEDDED_DATASET
+    if not isinstance(data.dataset, str) or not data.dataset:
+        _fail("dataset", data.dataset, f"'{EMBEDDED_DATASET}' or a TFDS dataset name")
+    for section, field in (("data", "image_folder"), ("data", "validation_folder"), ("data", "data_dir"),
+                           ("model", "weights"), ("run", "run_name"), ("run", "output"), ("data", "validation_split")):
+        value = getattr(getattr(c, section), field)
         if value is not None and (not isinstance(value, str) or not value):
             _fail(field, value, "a non-empty string or null")
-    if c.validation_folder is not None and c.image_folder is None:
-        _fail("validation_folder", c.validation_folder, "to be used together with image_folder")
-    if not isinstance(c.train_split, str) or not c.train_split:
-        _fail("train_split", c.train_split, "a TFDS split such as 'train' or 'train[:90%]'")
-    if not (_is_number(c.validation_fraction) and 0 < c.validation_fraction < 1):
-        _fail("validation_fraction", c.validation_fraction, "a number in (0, 1)")
-    if not isinstance(c.download, bool):
-        _fail("download", c.download, "true or false")
+    if data.validation_folder is not None and data.image_folder is None:
+        _fail("validation_folder", data.validation_folder, "to be used together with image_folder")
+    if not isinstance(data.train_split, str) or not data.train_split:
+        _fail("train_split", data.train_split, "a TFDS split such as 'train' or 'train[:90%]'")
+    if not (_is_number(data.validation_fraction) and 0 < data.validation_fraction < 1):
+        _fail("validation_fraction", data.validation_fraction, "a number in (0, 1)")
+    if not isinstance(data.download, bool):
+        _fail("download", data.download, "true or false")
 
-    if c.variant is None:
+    # model: the builder's arguments
+    if model.variant is None:
         if digits:
             for key, value in {**MNIST_MODEL, **MNIST_RECIPE}.items():
                 if getattr(c, key) is None:
                     setattr(c, key, value)
         else:
-            c.variant = "B/16"
-    if c.pooling is None:
-        c.pooling = "token"
-    if c.epochs is None:
-        c.epochs = DEFAULT_EPOCHS
+            model.variant = "B/16"
+    if model.pooling is None:
+        model.pooling = "token"
     try:
-        variant = decode_variant(c.variant)
+        variant = decode_variant(model.variant)
     except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"Invalid configuration: variant={c.variant!r}; {error}") from None
+        raise ValueError(f"Invalid configuration: variant={model.variant!r}; {error}") from None
     for field in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
-        value = getattr(c, field)
-        if value is None:
-            setattr(c, field, getattr(variant, field) if field != "patch_size" else variant.patch_size[0])
-        elif not _is_int(value):
-            _fail(field, value, "a positive integer")
-    if c.hidden_size % c.num_heads:
-        _fail("num_heads", c.num_heads, f"a divisor of hidden_size={c.hidden_size}")
-    if c.image_size is None:
-        c.image_size = 28 if digits else defaults.get("image_size", 224)
-    if not _is_int(c.image_size) or c.image_size % c.patch_size:
-        _fail("image_size", c.image_size, f"a positive multiple of patch_size={c.patch_size}")
-    if c.channels is None:
-        c.channels = 1 if digits else 3
-    if c.channels not in (1, 3):
-        _fail("channels", c.channels, "1 or 3")
-    if c.pooling not in ("token", "gap"):
-        _fail("pooling", c.pooling, "'token' or 'gap'")
-    for field in ("dropout", "drop_path_rate"):
-        value = getattr(c, field)
-        if not (_is_number(value) and 0 <= value < 1):
-            _fail(field, value, "a number in [0, 1)")
-    if c.representation_size is not None and not _is_int(c.representation_size):
-        _fail("representation_size", c.representation_size, "a positive integer or null")
-    looks_like_path = c.weights is not None and (os.sep in c.weights or c.weights.endswith(".npz"))
-    if looks_like_path and not os.path.isfile(c.weights):
-        raise FileNotFoundError(f"Invalid configuration: weights={c.weights!r} is not a file.")
+        if getattr(model, field) is None:
+            setattr(model, field, getattr(variant, field) if field != "patch_size" else variant.patch_size[0])
+    if model.image_size is None:
+        model.image_size = 28 if digits else defaults.get("image_size", 224)
+    if model.channels is None:
+        model.channels = 1 if digits else 3
+    if not _is_int(model.patch_size):
+        _fail("patch_size", model.patch_size, "a positive integer")
+    if not _is_int(model.image_size) or model.image_size % model.patch_size:
+        _fail("image_size", model.image_size, f"a positive multiple of patch_size={model.patch_size}")
+    _checked(
+        check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
+        mlp_dim=model.mlp_dim, patch_size=model.patch_size, image_size=model.image_size, channels=model.channels,
+        pooling=model.pooling, dropout=model.dropout, drop_path_rate=model.drop_path_rate,
+        representation_size=model.representation_size,
+    )
+    looks_like_path = model.weights is not None and (os.sep in model.weights or model.weights.endswith(".npz"))
+    if looks_like_path and not os.path.isfile(model.weights):
+        raise FileNotFoundError(f"Invalid configuration: weights={model.weights!r} is not a file.")
 
-    if c.crop is None:
-        c.crop = "translate" if digits else "inception"
-    if c.crop not in CROPS:
-        _fail("crop", c.crop, f"one of {list(CROPS)}")
-    if c.flip is None:
-        c.flip = not digits
-    if not isinstance(c.flip, bool):
-        _fail("flip", c.flip, "true or false")
-    if not (_is_number(c.eval_crop_fraction) and 0 < c.eval_crop_fraction <= 1):
-        _fail("eval_crop_fraction", c.eval_crop_fraction, "a number in (0, 1]")
-    if c.randaugment is not None:
-        ra = c.randaugment
-        if not (isinstance(ra, (list, tuple)) and len(ra) == 2 and _is_int(ra[0]) and _is_number(ra[1]) and 0 < ra[1] <= 1):
-            _fail("randaugment", ra, "null or [num_ops >= 1, magnitude in (0, 1]], e.g. [2, 0.5]")
-        c.randaugment = [int(ra[0]), float(ra[1])]
-    for field in ("mixup", "cutmix"):
-        value = getattr(c, field)
-        if value is not None and not (_is_number(value) and value > 0):
-            _fail(field, value, "null or a positive number")
+    # data: what the pipelines take
+    if data.crop is None:
+        data.crop = "translate" if digits else "inception"
+    if data.flip is None:
+        data.flip = not digits
+    if isinstance(data.randaugment, tuple):
+        data.randaugment = list(data.randaugment)
+    _checked(
+        check_options, image_size=model.image_size, channels=model.channels, crop=data.crop, flip=data.flip,
+        eval_crop_fraction=data.eval_crop_fraction, randaugment=data.randaugment, mixup=data.mixup, cutmix=data.cutmix,
+    )
+    if data.randaugment is not None:
+        data.randaugment = [int(data.randaugment[0]), float(data.randaugment[1])]
 
-    if not _is_int(c.epochs):
-        _fail("epochs", c.epochs, "a positive integer")
-    if not _is_int(c.batch_size):
-        _fail("batch_size", c.batch_size, "a positive integer (images per replica)")
-    if c.steps_per_epoch is not None and not _is_int(c.steps_per_epoch):
-        _fail("steps_per_epoch", c.steps_per_epoch, "a positive integer or null")
-    if c.total_batch_size is None and "total_batch_size" in defaults:
-        c.total_batch_size = defaults["total_batch_size"]
-    if c.total_batch_size is not None and not _is_int(c.total_batch_size):
-        _fail("total_batch_size", c.total_batch_size, "a positive integer or null")
-    if c.warmup_epochs is None and _is_int(c.epochs):
-        c.warmup_epochs = round(WARMUP_FRACTION * c.epochs, 6)
+    # optimization: the recipe
+    if optimization.epochs is None:
+        optimization.epochs = DEFAULT_EPOCHS
+    if not _is_int(optimization.epochs):
+        _fail("epochs", optimization.epochs, "a positive integer")
+    if not _is_int(optimization.batch_size):
+        _fail("batch_size", optimization.batch_size, "a positive integer (images per replica)")
+    if optimization.steps_per_epoch is not None and not _is_int(optimization.steps_per_epoch):
+        _fail("steps_per_epoch", optimization.steps_per_epoch, "a positive integer or null")
+    if optimization.total_batch_size is None and "total_batch_size" in defaults:
+        optimization.total_batch_size = defaults["total_batch_size"]
+    if optimization.total_batch_size is not None and not _is_int(optimization.total_batch_size):
+        _fail("total_batch_size", optimization.total_batch_size, "a positive integer or null")
+    if optimization.warmup_epochs is None:
+        optimization.warmup_epochs = round(WARMUP_FRACTION * optimization.epochs, 6)
     for field in ("learning_rate", "weight_decay", "label_smoothing"):
-        if getattr(c, field) is None:
-            setattr(c, field, defaults[field])
-    if not (_is_number(c.learning_rate) and c.learning_rate > 0):
-        _fail("learning_rate", c.learning_rate, "a positive number")
-    if not (_is_number(c.weight_decay) and c.weight_decay >= 0):
-        _fail("weight_decay", c.weight_decay, "a number >= 0")
-    if not (_is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1):
-        _fail("label_smoothing", c.label_smoothing, "a number in [0, 1)")
-    if not (_is_number(c.warmup_epochs) and 0 <= c.warmup_epochs < c.epochs):
-        _fail("warmup_epochs", c.warmup_epochs, f"a number in [0, epochs={c.epochs})")
-    if not (_is_number(c.clipnorm) and c.clipnorm >= 0):
-        _fail("clipnorm", c.clipnorm, "a number >= 0 (0 disables clipping)")
+        if getattr(optimization, field) is None:
+            setattr(optimization, field, defaults[field])
+    if not (_is_number(optimization.learning_rate) and optimization.learning_rate > 0):
+        _fail("learning_rate", optimization.learning_rate, "a positive number")
+    if not (_is_number(optimization.weight_decay) and optimization.weight_decay >= 0):
+        _fail("weight_decay", optimization.weight_decay, "a number >= 0")
+    if not (_is_number(optimization.label_smoothing) and 0 <= optimization.label_smoothing < 1):
+        _fail("label_smoothing", optimization.label_smoothing, "a number in [0, 1)")
+    if not (_is_number(optimization.warmup_epochs) and 0 <= optimization.warmup_epochs < optimization.epochs):
+        _fail("warmup_epochs", optimization.warmup_epochs, f"a number in [0, epochs={optimization.epochs})")
+    if not (_is_number(optimization.clipnorm) and optimization.clipnorm >= 0):
+        _fail("clipnorm", optimization.clipnorm, "a number >= 0 (0 disables clipping)")
 
-    if c.strategy not in STRATEGIES:
-        _fail("strategy", c.strategy, f"one of {list(STRATEGIES)}")
-    if c.precision not in PRECISIONS:
-        _fail("precision", c.precision, f"one of {list(PRECISIONS)}")
-    if isinstance(c.jit_compile, bool):
-        c.jit_compile = "on" if c.jit_compile else "off"
-    if c.jit_compile not in JIT_CHOICES:
-        _fail("jit_compile", c.jit_compile, f"one of {list(JIT_CHOICES)}")
-    if not _is_int(c.seed, minimum=0):
-        _fail("seed", c.seed, "an integer >= 0")
-    if c.run_name is None:
-        source = os.path.basename(os.path.normpath(c.image_folder)) if c.image_folder else c.dataset
-        c.run_name = f"{source}_vit-{c.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")
-    if os.sep in c.run_name or c.run_name in (".", ".."):
-        _fail("run_name", c.run_name, "a folder name without path separators (use output for a path)")
+    # hardware
+    if hardware.strategy not in STRATEGIES:
+        _fail("strategy", hardware.strategy, f"one of {list(STRATEGIES)}")
+    if hardware.precision not in PRECISIONS:
+        _fail("precision", hardware.precision, f"one of {list(PRECISIONS)}")
+    if isinstance(hardware.jit_compile, bool):
+        hardware.jit_compile = "on" if hardware.jit_compile else "off"
+    if hardware.jit_compile not in JIT_CHOICES:
+        _fail("jit_compile", hardware.jit_compile, f"one of {list(JIT_CHOICES)}")
+    if not _is_int(hardware.seed, minimum=0):
+        _fail("seed", hardware.seed, "an integer >= 0")
+
+    # run
+    if run.run_name is None:
+        source = os.path.basename(os.path.normpath(data.image_folder)) if data.image_folder else data.dataset
+        run.run_name = f"{source}_vit-{model.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")
+    if os.sep in run.run_name or run.run_name in (".", ".."):
+        _fail("run_name", run.run_name, "a folder name without path separators (use output for a path)")
     return c
 
 

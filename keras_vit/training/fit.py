@@ -13,7 +13,6 @@ Keras 3's ``fit`` does not run under ``MultiWorkerMirroredStrategy`` (keras-team
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Optional
 
@@ -175,10 +174,8 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
     if config is None:
         config = TrainConfig()
     if isinstance(model, VisionTransformer):
-        config = dataclasses.replace(
-            config, image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0]
-        )
-    config = resolve_config(dataclasses.replace(config, output=config.output or "unused"))
+        config = config.replace(image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0])
+    config = resolve_config(config.replace(output=config.output or "unused"))
     datasets = build_datasets(config, batch_size or config.batch_size)
     expected_input = (config.image_size, config.image_size, config.channels)
     if tuple(model.input_shape[1:]) != expected_input:
@@ -187,6 +184,6 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
         raise ValueError(
             f"Model {model_path!r} has {model.output_shape[-1]} classes; the data has {datasets.num_classes}."
         )
-    compile_model(model, dataclasses.replace(config, label_smoothing=0.0), optimizer="sgd")
+    compile_model(model, config.replace(label_smoothing=0.0), optimizer="sgd")
     loss, accuracy = model.evaluate(datasets.validation, verbose=verbose)
     return {"accuracy": float(accuracy), "loss": float(loss), "examples": datasets.validation_examples, "model": model_path}

@@ -24,7 +24,8 @@ def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
     run = RunFolder(run_directory(config))
     if not decide:
         return run, False
-    return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite)
+    canonical = lambda saved: TrainConfig.from_dict(saved).to_dict()  # noqa: E731  (flat files of earlier versions)
+    return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)
 
 
 def begin(run: RunFolder, config: TrainConfig, class_names: List[str], *, resuming: bool, overwrite: bool):

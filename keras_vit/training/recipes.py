@@ -6,6 +6,7 @@ into what ``fit`` or the multi-worker loop needs; both loops call the same ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -109,63 +110,51 @@ def accumulation_steps(config: TrainConfig, replicas: int) -> int:
 
 
 def build_datasets(config: TrainConfig, global_batch_size: int):
-    """The :class:`keras_vit.data.Datasets` a resolved config asks for."""
+    """The :class:`keras_vit.data.Datasets` a resolved config asks for: its data section, at
+    the model section's image size and channels."""
     from keras_vit import data
 
+    source = config.data
     common = dict(
-        image_size=config.image_size,
-        channels=config.channels,
-        crop=config.crop,
-        flip=config.flip,
-        eval_crop_fraction=config.eval_crop_fraction,
-        randaugment=config.randaugment,
-        mixup=config.mixup,
-        cutmix=config.cutmix,
-        seed=config.seed,
+        image_size=config.model.image_size,
+        channels=config.model.channels,
+        crop=source.crop,
+        flip=source.flip,
+        eval_crop_fraction=source.eval_crop_fraction,
+        randaugment=source.randaugment,
+        mixup=source.mixup,
+        cutmix=source.cutmix,
+        seed=config.hardware.seed,
     )
-    if config.image_folder is not None:
+    if source.image_folder is not None:
         return data.image_folder(
-            config.image_folder,
+            source.image_folder,
             global_batch_size,
-            validation_directory=config.validation_folder,
-            validation_fraction=config.validation_fraction,
+            validation_directory=source.validation_folder,
+            validation_fraction=source.validation_fraction,
             **common,
         )
-    if config.dataset == EMBEDDED_DATASET:
+    if source.dataset == EMBEDDED_DATASET:
         return data.embedded_mnist(global_batch_size, **common)
     return data.tfds_dataset(
-        config.dataset,
+        source.dataset,
         global_batch_size,
-        data_dir=config.data_dir,
-        download=config.download,
-        train_split=config.train_split,
-        validation_split=config.validation_split,
+        data_dir=source.data_dir,
+        download=source.download,
+        train_split=source.train_split,
+        validation_split=source.validation_split,
         **common,
     )
 
 
 def build_model(config: TrainConfig, num_classes: int):
-    """The ViT of a resolved config (from ``weights`` when given, with a zeroed head)."""
+    """The ViT of a resolved config: its model section is the builder's keyword arguments
+    (from ``weights`` when given, with a zeroed head)."""
     from keras_vit.zoo import ViT
 
-    keras.utils.set_random_seed(config.seed)
-    model = ViT(
-        config.variant,
-        num_classes=num_classes,
-        image_size=config.image_size,
-        channels=config.channels,
-        patch_size=config.patch_size,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        mlp_dim=config.mlp_dim,
-        pooling=config.pooling,
-        dropout=config.dropout,
-        drop_path_rate=config.drop_path_rate,
-        representation_size=config.representation_size,
-        weights=config.weights,
-    )
-    if config.weights is not None:
+    keras.utils.set_random_seed(config.hardware.seed)
+    model = ViT(**dataclasses.asdict(config.model), num_classes=num_classes)
+    if config.model.weights is not None:
         # Fine-tuning starts from a zero head (paper, appendix B.1.1).
         head = model.get_layer("head")
         head.set_weights([0 * w for w in head.get_weights()])
