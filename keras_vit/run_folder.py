@@ -111,7 +111,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------ state
     def is_empty(self) -> bool:
-        return not (os.path.isdir(self.path) and os.listdir(self.path))
+        return not os.path.exists(self.path) or (os.path.isdir(self.path) and not os.listdir(self.path))
 
     def is_run(self) -> bool:
         return os.path.isfile(self.config_path)
@@ -148,7 +148,7 @@ class RunFolder:
 
     def image_folder(self) -> Optional[str]:
         """The image folder the run was validated on (or trained on), if it still exists."""
-        values = self.training_config() or {}
+        values = _leaves(self.training_config() or {})
         for key in ("validation_folder", "image_folder"):
             folder = values.get(key)
             if folder and os.path.isdir(folder):
@@ -232,13 +232,17 @@ class RunFolder:
             if resume:
                 raise FileNotFoundError(f"Nothing to resume: run folder {self.path!r} does not exist or is empty.")
             return False
+        if not self.is_run():
+            if not os.path.isdir(self.path):
+                raise ValueError(f"Run folder {self.path!r} is a file, not a folder; choose another run_name/--output.")
+            held = sorted(os.listdir(self.path))
+            raise ValueError(
+                f"Run folder {self.path!r} exists and is not a keras-vit run (no {CONFIG_FILE}; it holds "
+                f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is touched, and --overwrite "
+                f"replaces only keras-vit runs. Choose another run_name/--output."
+            )
         if overwrite:
             return False
-        if not self.is_run():
-            raise ValueError(
-                f"Run folder {self.path!r} exists and is not a keras-vit run (no {CONFIG_FILE}); nothing in it is "
-                f"touched. Choose another run_name/--output, or pass --overwrite to replace it."
-            )
         if self.is_finished():
             raise ValueError(
                 f"Run folder {self.path!r} holds a finished run. Choose another run_name/--output, or pass "

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv with the dev extras, runs the whole suite on the
-# TensorFlow backend, then the backend-agnostic core again on JAX.
+# TensorFlow backend, then the backend-agnostic core again on JAX. Arguments go to pytest:
+#   bash scripts/test.sh -m "not slow"     the fast tier (no training runs, exports or child processes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh dev
 echo "[test] TensorFlow backend: the whole suite"
 KERAS_BACKEND=tensorflow python -m pytest -q -p no:cacheprovider "$@" tests
 echo "[test] JAX backend: the model core and the optimizers"
-KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_models.py tests/test_hybrid.py tests/test_checkpoints.py tests/test_optimizers.py
+KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" tests/test_layers.py tests/test_models.py tests/test_hybrid.py tests/test_checkpoints.py tests/test_optimizers.py

@@ -12,6 +12,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # executes a notebook that trains a model
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO_ROOT, "examples", "attention.ipynb")
 KERNEL_NAME = "keras_vit_tests"

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import tiny_vit
 
+pytestmark = pytest.mark.slow  # runs the other backend in a child process
+
 OTHER_BACKEND = "jax" if keras.backend.backend() != "jax" else "tensorflow"
 _CHILD = textwrap.dedent(
     """

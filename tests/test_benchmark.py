@@ -4,6 +4,9 @@ import json
 
 from keras_vit.tools import benchmark
 from keras_vit.cli import main
+import pytest
+
+pytestmark = pytest.mark.slow  # times models in child processes
 
 
 def test_a_model_case_runs_in_its_own_process_and_reports_consistent_figures():

@@ -22,6 +22,7 @@ def run(capsys, *argv):
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_models_table_is_computed_from_the_real_models(capsys):
     status, out, _ = run(capsys, "models", "--json")
     assert status == 0
@@ -100,6 +101,7 @@ def test_help_version_and_argument_errors_answer_without_importing_keras(argv):
         assert child.returncode == 0 and child.stdout.strip()
 
 
+@pytest.mark.slow
 def test_commands_print_no_native_log_lines_unless_verbose():
     native = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)", re.M)
     quiet = _keras_vit("inspect", str(DATA / "vit_gap.npz"))

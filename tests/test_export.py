@@ -30,9 +30,9 @@ CLASS_NAMES = MNIST_CLASS_NAMES  # what training on the embedded digits records
 
 
 @pytest.fixture(scope="session")
-def mnist_export(mnist_export):
+def mnist_export(mnist_run):
     """The main job's run folder (conftest) and its export with the defaults."""
-    run, model, _ = mnist_export
+    run, model, _ = mnist_run
     manifest = export.export_model(run.path, progress=False)
     return pathlib.Path(run.path), model, manifest
 
@@ -208,6 +208,7 @@ def test_manifest_records_the_parity_measured_at_export(mnist_export, mnist_vali
 
 
 # --------------------------------------------------------------------------- reference models
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["vit_token", "vit_hybrid"])
 def test_reference_checkpoints_export_within_1e4(case, tmp_path):
     model = from_npz(os.path.join(DATA, f"{case}.npz"))
@@ -296,6 +297,7 @@ def test_cli_export_tflite_to_an_output_folder(mnist_export, tmp_path, capsys):
     assert "keras-vit export: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["tf_saved_model", "litert", "onnx"])
 def test_keras_own_model_export_gets_the_portable_graph_in_every_format(tmp_path, export_format):
     # model.export traces outside Keras's steps, so the fused TensorFlow-CPU forms (a

@@ -45,6 +45,7 @@ def _traced_fused(function, *args):
     return traced
 
 
+@pytest.mark.slow
 def test_fused_forms_are_used_and_match_the_portable_forms_forward_and_backward():
     model = _small_model()
     images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
@@ -189,6 +190,7 @@ def test_inference_runs_as_onednn_fused_kernels():
     assert executed["_MklNativeFusedMatMul"] >= 4 * blocks  # qkv, output + residual, MLP x2
 
 
+@pytest.mark.slow
 def test_training_runs_the_gelu_as_one_xla_kernel_each_way():
     # In training the MLP's GELU and its gradient are each one XLA executable per block
     # (24 for 12 blocks); no elementwise GELU op of TensorFlow's is left in the step.

@@ -39,7 +39,11 @@ def images(model, batch=2, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (batch, h, w, model.channels)).astype("float32")
 
 
-@pytest.mark.parametrize("variant", list(ORIGINAL_PARAMS))
+@pytest.mark.parametrize(
+    "variant",
+    # The three largest build 300-630M parameters: seconds each, more on JAX.
+    [pytest.param(v, marks=pytest.mark.slow) if v in ("L/16", "L/32", "H/14") else v for v in ORIGINAL_PARAMS],
+)
 def test_variant_parameter_count_and_output_shape(variant):
     model = BUILDERS[variant]()
     assert model.count_params() == ORIGINAL_PARAMS[variant]

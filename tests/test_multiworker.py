@@ -12,6 +12,8 @@ import pytest
 
 from keras_vit.training import multiworker
 
+pytestmark = pytest.mark.slow  # starts two worker processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

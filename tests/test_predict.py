@@ -12,6 +12,8 @@ from keras_vit.deploy import artifacts, export, predict
 from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
 
+pytestmark = pytest.mark.slow  # exports a model to every format first
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

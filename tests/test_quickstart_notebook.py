@@ -5,6 +5,9 @@ import re
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
+
+pytestmark = pytest.mark.slow  # executes a notebook that trains a model
 
 NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "quickstart.ipynb")
 

@@ -17,6 +17,8 @@ from PIL import Image
 import keras_vit
 from keras_vit import run_folder
 
+pytestmark = pytest.mark.slow  # trains on a photo folder and exports to every format
+
 CLASSES = ["cat", "dog", "zebra"]  # sorted folder names: the labels 0, 1, 2
 
 

@@ -134,6 +134,7 @@ def test_cli_refuses_invalid_configuration_before_training(tmp_path, capsys):
 # --------------------------------------------------------------------------- run folder
 
 
+@pytest.mark.slow
 def test_run_folder_contents_evaluate_and_no_overwrite(tmp_path, capsys):
     output = tmp_path / "run"
     metrics = train(TrainConfig(**TINY, epochs=2, steps_per_epoch=3, output=str(output)), verbose=0)
@@ -172,8 +173,11 @@ def test_existing_folders_are_protected(tmp_path):
     precious = tmp_path / "mine"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="is not a keras-vit run .*nothing in it is touched"):
+    with pytest.raises(ValueError, match="is not a keras-vit run .*it holds notes.txt.*nothing in it is touched"):
         train(TrainConfig(**TINY, epochs=1, output=str(precious)), verbose=0)
+    # --overwrite replaces keras-vit runs only: a folder of the user's own files stays.
+    with pytest.raises(ValueError, match="--overwrite replaces only keras-vit runs"):
+        train(TrainConfig(**TINY, epochs=1, output=str(precious)), overwrite=True, verbose=0)
     assert (precious / "notes.txt").read_text() == "keep me"
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
         train(TrainConfig(**TINY, epochs=1, output=str(tmp_path / "new")), resume=True, verbose=0)
@@ -234,6 +238,7 @@ def test_gradient_accumulation_over_4_micro_batches_equals_one_large_batch():
 # --------------------------------------------------------------------------- MirroredStrategy
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     script = textwrap.dedent(
         f"""
@@ -286,6 +291,7 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
 # --------------------------------------------------------------------------- SIGKILL and resume
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_mid_epoch_resumes_and_ends_with_the_same_step_count(tmp_path):
     output = tmp_path / "killed"
     epochs, steps = 4, 40

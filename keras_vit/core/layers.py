@@ -320,10 +320,10 @@ class SelfAttention(keras.layers.MultiHeadAttention):
     """Keras ``MultiHeadAttention`` (same weights, same math), self-attention written out.
 
     Unmasked self-attention, the only kind a ViT uses, is computed from the layer's public
-    projections as two batched matmuls over (B, heads, T, head_dim) and a softmax; Keras's
-    general path (einsum equations, or ``dot_product_attention``'s TensorFlow fallback)
-    spends about 40% more time there on CPU. Masks, causal attention and cross-attention
-    go to the parent's implementation.
+    projections as two batched matmuls over (B, heads, T, head_dim) and a softmax, which
+    every backend and exporter runs well (Keras's general path, einsum equations or
+    ``dot_product_attention``'s TensorFlow fallback, is slower on CPU; docs/performance.md).
+    Masks, causal attention and cross-attention go to the parent's implementation.
     """
 
     def __init__(self, *args, **kwargs):

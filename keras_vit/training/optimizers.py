@@ -2,9 +2,8 @@
 
 ``keras.optimizers.AdamW`` and ``SGD`` write their update as about a dozen elementwise
 ops per variable (``Sub``, ``Mul``, ``Square``, ``Sqrt``, ``RealDiv``, assigns), each a
-pass over the variable and its moments. On a CPU these passes are memory-bound: for
-ViT-S/16 (22M parameters) they were about 6% of a training step's kernel time, and the
-fused update made the step 1-2% faster (docs/performance.md). :class:`AdamW` and
+pass over the variable and its moments; on a CPU these passes are memory-bound (the
+measured share and gain are in docs/performance.md). :class:`AdamW` and
 :class:`SGD` compute the same update with TensorFlow's training kernels
 (``ResourceApplyAdam``, ``ResourceApplyKerasMomentum``): one pass per variable, on CPU,
 GPU and TPU (XLA has them too). The decoupled weight decay is one multiply by the scalar
