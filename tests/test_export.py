@@ -258,7 +258,7 @@ def test_bad_arguments_are_refused_with_what_is_accepted(mnist_export, tmp_path)
     with pytest.raises(ValueError, match="opset must be at least 17; got 13"):
         export.export_onnx(keras_vit.ViT("Ti/16", image_size=32, patch_size=16, hidden_size=32, num_layers=1,
                                           num_heads=2, mlp_dim=32, num_classes=3), str(tmp_path / "m.onnx"), "abc", opset=13)
-    with pytest.raises(FileNotFoundError, match="holds no model.keras"):
+    with pytest.raises(FileNotFoundError, match="has no model.keras"):
         export.export_model(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
