@@ -1,9 +1,10 @@
 """The ``keras-vit`` command: parses arguments and calls library functions, nothing more.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its flags and
-sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches. A
-``ValueError``/``FileNotFoundError`` from the library ends the command with its message
-and exit status 2 instead of a traceback.
+sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches. An error
+from the library ends the command with one line and no traceback (unless ``--verbose``):
+exit status 2 for input it cannot use (a bad value, a missing file), 1 for a run or a
+verification that failed or a system refusal (permissions, a full disk), 0 for success.
 
 Nothing here imports Keras or TensorFlow before a handler runs, so ``--help``,
 ``--version`` and argument errors answer at once; and unless ``--verbose`` is given, the
@@ -72,6 +73,27 @@ class _NativeLogFilter:
         sys.stderr.flush()
         os.dup2(self._stderr, 2)  # closes the pipe's last writer in this process
         self._thread.join(timeout=5)
+
+
+def _positive_int(text):
+    """argparse type: an integer >= 1, refused by argparse (exit 2) otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- models
@@ -153,8 +175,14 @@ _TRAIN_FLAG_HELP = {
 
 
 def _flag_value(text):
-    """A flag's text as the value a YAML file would give (numbers, null, lists), else a string."""
+    """A flag's text as the value a YAML file would give (numbers, null, lists), else a string.
+
+    An empty text stays an empty string (refused by name later), never null: ``--image-folder ""``
+    must not quietly mean "no image folder"."""
     import yaml
+
+    if not text.strip():
+        return text
 
     for convert in (int, float):
         try:
@@ -225,7 +253,7 @@ def _add_evaluate(subparsers):
     parser.add_argument("--dataset", help="TFDS name or 'mnist' instead of the run's data")
     parser.add_argument("--image-folder", help="evaluate on this image folder (one sub-folder per class)")
     parser.add_argument("--data-dir", help="TFDS data directory")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--batch-size", type=_positive_int, help="evaluation batch size")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=_run_evaluate)
 
@@ -329,7 +357,7 @@ def _add_convert(subparsers):
     )
     parser.add_argument("checkpoint", help="path of the .npz checkpoint")
     parser.add_argument("output", help="the .keras file to write")
-    parser.add_argument("--image-size", type=int, help="fine-tuning resolution (resamples position embeddings)")
+    parser.add_argument("--image-size", type=_positive_int, help="fine-tuning resolution (resamples position embeddings)")
     parser.add_argument("--num-classes", type=int, help="a new zero-initialised head with this many classes")
     parser.add_argument("--no-top", action="store_true", help="without the head (feature extractor)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -384,7 +412,7 @@ def _add_export(subparsers):
         "--images", help="folder of images for int8 calibration and verification (default: embedded MNIST "
         "for 28x28x1 models, else noise for verification and no int8 calibration)"
     )
-    parser.add_argument("--top-k", type=int, default=5, help="k of the SavedModel bytes signature (default 5)")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="k of the SavedModel bytes signature (default 5)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -420,7 +448,11 @@ def _add_predict(subparsers):
     )
     parser.add_argument("model", help="a .keras file, run folder, SavedModel folder, .tflite or .onnx file")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default 5)")
+    parser.add_argument(
+        "--max-pixels", type=_positive_int, default=50_000_000,
+        help="larger images (decoded width x height) are reported instead of decoded (default 50,000,000)",
+    )
     parser.add_argument("--class-names", help="comma list or a file with one name per line (overrides the artifact's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run_predict)
@@ -429,7 +461,9 @@ def _add_predict(subparsers):
 def _run_predict(args):
     from keras_vit.deploy.predict import format_predictions, predict_files
 
-    result = predict_files(args.model, args.images, top_k=args.top_k, class_names=args.class_names)
+    result = predict_files(
+        args.model, args.images, top_k=args.top_k, class_names=args.class_names, max_pixels=args.max_pixels
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["predictions"]:
@@ -453,10 +487,10 @@ def _add_benchmark(subparsers):
     parser.add_argument("--mode", default="inference,training", help="inference,training (comma list)")
     parser.add_argument("--dtype", default="float32", help="dtype policies, e.g. float32,mixed_bfloat16")
     parser.add_argument("--backend", default="tensorflow", help="keras backends, e.g. tensorflow,jax")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=_positive_int, default=224)
+    parser.add_argument("--batch", type=_positive_int, default=8)
     parser.add_argument("--jit-compile", action="store_true", help="compile the model with XLA")
-    parser.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per model case")
+    parser.add_argument("--seconds", type=_positive_float, default=10.0, help="minimum timed seconds per model case")
     parser.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
     parser.add_argument(
         "--peers", default="installed",
@@ -524,9 +558,17 @@ def main(argv=None):
         log_filter = _NativeLogFilter()
     try:
         result = args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, RuntimeError,
+            OSError) as error:
+        if args.verbose:
+            raise
+        # 2: the command was given something it cannot use; 1: a run or a verification failed,
+        # or the system refused (permissions, a full disk).
+        usage = isinstance(error, (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError))
+        message = str(error) if not isinstance(error, OSError) or not error.filename else (
+            f"{error.strerror or error}: {error.filename!r}")
+        print(f"keras-vit {args.command}: error: {message}", file=sys.stderr)
+        return 2 if usage else 1
     finally:
         if log_filter is not None:
             log_filter.close()

@@ -20,10 +20,13 @@ Training (both loops), evaluation, export, prediction and the figures open runs 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
 from typing import Dict, List, Optional
+
+from keras_vit.files import replaced_atomically, write_json
 
 DEFAULT_RUNS_DIR = "saved_models"
 MODEL_FILE = "model.keras"
@@ -32,17 +35,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 CLASS_NAMES_KEY = "class_names"  # in config.json, beside the configuration's fields
-
-
-def write_json(path, values) -> None:
-    """Writes ``values`` as indented JSON through a temporary file renamed into place, so
-    that a kill leaves the old file or the new one, never a torn one."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as file:
-        json.dump(values, file, indent=2)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+LOCK_FILE = ".lock"  # held by the process that trains into the folder
 
 
 class RunFolder:
@@ -111,7 +104,10 @@ class RunFolder:
 
     # ------------------------------------------------------------------ state
     def is_empty(self) -> bool:
-        return not os.path.exists(self.path) or (os.path.isdir(self.path) and not os.listdir(self.path))
+        return not os.path.exists(self.path) or (os.path.isdir(self.path) and not self._entries())
+
+    def _entries(self) -> List[str]:
+        return sorted(entry for entry in os.listdir(self.path) if entry != LOCK_FILE)
 
     def is_run(self) -> bool:
         return os.path.isfile(self.config_path)
@@ -199,13 +195,11 @@ class RunFolder:
         if not rows:
             return rows
         columns = ["epoch"] + sorted({key for row in rows for key in row} - {"epoch"})
-        temporary = f"{self.history_path}.tmp-{os.getpid()}"
-        with open(temporary, "w", newline="") as file:
+        with replaced_atomically(self.history_path) as temporary, open(temporary, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             for row in rows:
                 writer.writerow({**row, "epoch": int(row["epoch"])})
-        os.replace(temporary, self.history_path)
         return rows
 
     # ------------------------------------------------------------------ starting a run
@@ -235,7 +229,7 @@ class RunFolder:
         if not self.is_run():
             if not os.path.isdir(self.path):
                 raise ValueError(f"Run folder {self.path!r} is a file, not a folder; choose another run_name/--output.")
-            held = sorted(os.listdir(self.path))
+            held = self._entries()
             raise ValueError(
                 f"Run folder {self.path!r} exists and is not a keras-vit run (no {CONFIG_FILE}; it holds "
                 f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is touched, and --overwrite "
@@ -264,12 +258,45 @@ class RunFolder:
             )
         return True
 
-    def begin(self, config: Dict, class_names: List[str], *, resuming: bool, overwrite: bool) -> None:
-        """Creates the folder (emptied first with ``overwrite``) and, for a new run, writes
-        ``config.json`` with the class names."""
-        if overwrite and os.path.isdir(self.path):
-            shutil.rmtree(self.path)
+    def lock(self) -> None:
+        """Takes the folder for this process until it exits or :meth:`unlock`; a second
+        process training into it is refused with one line naming the holder."""
+        import fcntl
+
         os.makedirs(self.path, exist_ok=True)
+        handle = open(self.file(LOCK_FILE), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(
+                f"Run folder {self.path!r} is in use by keras-vit process {holder}; wait for it to finish, or "
+                f"choose another run_name/--output."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        handle = getattr(self, "_lock", None)
+        if handle is not None:
+            handle.close()  # releases the lock; the file stays (removing it would race a waiting process)
+            self._lock = None
+
+    def begin(self, config: Dict, class_names: List[str], *, resuming: bool, overwrite: bool) -> None:
+        """Empties the folder with ``overwrite`` (what keras-vit wrote: :meth:`check` refused
+        anything else) and, for a new run, writes ``config.json`` with the class names."""
+        os.makedirs(self.path, exist_ok=True)
+        if overwrite:
+            for entry in self._entries():
+                target = self.file(entry)
+                shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
         if not resuming:
             self.write_config(json.loads(json.dumps(config)), class_names)
 

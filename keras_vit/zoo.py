@@ -12,8 +12,8 @@ import dataclasses
 import os
 from typing import Callable, Dict, List, Optional
 
-from keras_vit.core.config import as_pair, decode_variant
-from keras_vit.core.models import VisionTransformer, block_flops, forward_flops
+from keras_vit.core.config import as_pair, decode_variant, refuse_unknown_arguments
+from keras_vit.core.models import CONSTRUCTOR_ARGUMENTS, VisionTransformer, block_flops, forward_flops
 from keras_vit.weights import published
 
 
@@ -140,12 +140,28 @@ def load_weights(model, weights, *, variant: Optional[str] = None, **kwargs):
     if os.path.exists(str(weights)):
         return load_npz(model, weights, **kwargs)
     if variant is not None and weights in published_weights(variant):
+        _check_published_fit(model, variant, weights)  # before a download of hundreds of MB
         return load_npz(model, fetch_weights(variant, weights), **kwargs)
     accepted = sorted(published_weights(variant)) if variant else []
     raise ValueError(
         f"weights={weights!r} is neither an existing file nor a published name"
         + (f" for ViT-{variant} (accepted: {accepted})." if variant else ".")
     )
+
+
+def _check_published_fit(model, variant, name):
+    spec = decode_variant(variant)
+    expected = dict(hidden_size=spec.hidden_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
+                    mlp_dim=spec.mlp_dim, patch_size=tuple(spec.patch_size))
+    actual = dict(hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
+                  mlp_dim=model.mlp_dim, patch_size=tuple(model.patch_size))
+    different = {key: (actual[key], expected[key]) for key in expected if actual[key] != expected[key]}
+    if different:
+        raise ValueError(
+            f"weights={name!r} are ViT-{variant}'s, and this model differs from it ("
+            + ", ".join(f"{key}={got!r}, the checkpoint's {want!r}" for key, (got, want) in different.items())
+            + "): build it without those overrides, or pass weights=None."
+        )
 
 
 def ViT(
@@ -173,6 +189,7 @@ def ViT(
             ``include_top``, ``representation_size``, ``dropout``, ``channels``, ...),
             overriding the variant's.
     """
+    refuse_unknown_arguments("ViT", kwargs, CONSTRUCTOR_ARGUMENTS | {"variant", "weights"})
     config = decode_variant(variant)
     arguments = dict(
         patch_size=config.patch_size,

@@ -175,6 +175,18 @@ def test_unused_checkpoint_key_raises_and_assigns_nothing(tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), b)
 
 
+def test_a_string_typed_array_of_the_right_shape_raises_and_assigns_nothing(tmp_path):
+    # The last key in the layout holds text: every other weight must stay as it was.
+    arrays = params("vit_token")
+    arrays["head/bias"] = np.array(["x"] * arrays["head/bias"].shape[0])
+    target = keras_vit.ViT("B/8", image_size=32, num_classes=10, hidden_size=48, num_layers=2, num_heads=3, mlp_dim=96)
+    before = [keras.ops.convert_to_numpy(w).copy() for w in target.weights]
+    with pytest.raises(ValueError, match=r"checkpoint key 'head/bias' holds <U1 values; a weight needs numbers"):
+        load_npz(target, write(tmp_path / "text.npz", arrays))
+    for w, b in zip(target.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), b)
+
+
 def test_missing_key_names_the_weight_and_key(tmp_path):
     arrays = params("vit_token")
     del arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_0/bias"]
@@ -253,3 +265,11 @@ def test_published_urls_follow_the_bucket_layout():
     assert zoo.weights_url("S/16", "augreg_in21k_ft_in1k").endswith(
         "augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.npz"
     )
+
+
+def test_published_weights_on_a_model_of_another_shape_are_refused_before_any_download(tmp_path, monkeypatch):
+    # The bucket is an empty local folder: a download attempt would fail differently.
+    monkeypatch.setenv(published.WEIGHTS_URL_ENV, (tmp_path / "empty").as_uri())
+    with pytest.raises(ValueError, match=r"weights='imagenet21k' are ViT-B/16's, and this model differs from it "
+                                         r"\(hidden_size=32, the checkpoint's 768"):
+        keras_vit.ViT("B/16", hidden_size=32, num_heads=2, mlp_dim=64, num_layers=1, image_size=32, weights="imagenet21k")

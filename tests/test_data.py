@@ -178,6 +178,16 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     _make_folder(tmp_path / "small", per_class=2)
     with pytest.raises(ValueError, match="fewer than one batch of 64"):
         data.image_folder(str(tmp_path / "small"), batch_size=64)
+    # One class trains to a loss of 0 and "succeeds"; a class of one image leaves nothing to validate on.
+    (tmp_path / "one_class" / "cat").mkdir(parents=True)
+    for index in range(4):
+        _write_image(tmp_path / "one_class" / "cat" / f"{index}.png", index)
+    with pytest.raises(ValueError, match="has one class folder \('cat'\); a classifier needs at least two"):
+        data.image_folder(str(tmp_path / "one_class"), batch_size=2)
+    (tmp_path / "one_class" / "dog").mkdir()
+    _write_image(tmp_path / "one_class" / "dog" / "0.png", 9)
+    with pytest.raises(ValueError, match="Class 'dog' of .* has 1 readable image\(s\); holding out a validation share"):
+        data.image_folder(str(tmp_path / "one_class"), batch_size=2)
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -244,3 +254,29 @@ def test_image_folder_dataset_is_one_pipeline_over_the_whole_folder(tmp_path):
     assert [b[0].shape for b in train] == [(4, 24, 24, 3)] * 2  # full batches only
     evaluation = _batches(data.image_folder_dataset(str(root), image_size=24, batch_size=4, training=False))
     assert sum(len(b[0]) for b in evaluation) == 9
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header says width x height (8-bit grey) and whose pixels are never stored."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_images_larger_than_max_pixels_are_reported_before_decoding(tmp_path):
+    from keras_vit.data import images
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)  # 400 MP: gigabytes if decoded
+    small = str(tmp_path / "small.png")
+    _write_image(tmp_path / "small.png", 100)
+    pixels, read, errors = images.read_images([bomb, small], (28, 28), 1)
+    assert read == [small] and pixels.shape == (1, 28, 28, 1)
+    assert errors[bomb].startswith(f"20000x20000 pixels is more than max_pixels={images.DEFAULT_MAX_PIXELS:,}")
+    _, read, errors = images.read_images([small], (28, 28), 1, max_pixels=10)
+    assert read == [] and "more than max_pixels=10" in errors[small]

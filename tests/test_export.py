@@ -107,6 +107,9 @@ def test_savedmodel_float_signature_matches_keras(mnist_export, mnist_validation
     reference = _keras(model, images)
     assert np.max(np.abs(result["outputs"].numpy() - reference)) <= 1e-4
     np.testing.assert_allclose(result["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+    # Three channels for a grey model would otherwise come back as three rows of nonsense.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"takes images of shape \(batch, 28, 28, 1\)"):
+        loaded.signatures["serving_images"](images=tf.zeros((1, 28, 28, 3)))
 
 
 def test_savedmodel_bytes_signature_gives_keras_top1_on_the_same_decoded_image(mnist_export, mnist_validation, tmp_path):

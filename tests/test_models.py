@@ -208,3 +208,30 @@ def test_wrong_image_size_at_call_time():
     model = tiny()
     with pytest.raises(ValueError, match=r"expected shape=\(None, 16, 16, 3\), found shape=\(2, 20, 20, 3\)"):
         model(np.zeros((2, 20, 20, 3), "float32"))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(drop_path=0.1), r"'drop_path' \(did you mean 'drop_path_rate'\?\)"),
+        (dict(hiden_size=999), r"'hiden_size' \(did you mean 'hidden_size'\?\)"),
+        (dict(classes=5), r"'classes' \(keras.applications' name; keras_vit takes num_classes=\)"),
+        (dict(input_shape=(64, 64, 3)), r"'input_shape' \(keras.applications' name; keras_vit takes image_size="),
+        (dict(input_tensor=None), r"'input_tensor' \(keras.applications' name"),
+    ],
+)
+def test_misspelled_or_foreign_builder_arguments_are_refused_by_name(arguments, message):
+    # A typo must not build a model without the option asked for (no stochastic depth, ...).
+    with pytest.raises(TypeError, match=r"ViT\(\) got unexpected keyword argument\(s\) " + message):
+        keras_vit.ViTTi16(num_classes=3, image_size=32, **arguments)
+    with pytest.raises(TypeError, match=r"VisionTransformer\(\) got unexpected keyword argument\(s\) " + message):
+        tiny(**arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(dict(num_classes=True), "num_classes must be a positive integer"), (dict(include_top="no"), "include_top='no'")],
+)
+def test_booleans_and_integers_are_not_confused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**arguments)

@@ -89,6 +89,7 @@ def test_finetune_recipe_follows_the_paper():
         (dict(randaugment=[2]), "randaugment=[2]"),
         (dict(mixup=0), "mixup=0"),
         (dict(total_batch_size=0), "total_batch_size=0"),
+        (dict(total_batch_size=100, batch_size=128), "total_batch_size=100; expected at least batch_size=128"),
         (dict(steps_per_epoch=0), "steps_per_epoch=0"),
         (dict(validation_fraction=1.0), "validation_fraction=1.0"),
         (dict(validation_folder="val"), "validation_folder='val'"),
@@ -128,6 +129,9 @@ def test_cli_refuses_invalid_configuration_before_training(tmp_path, capsys):
     assert "Unknown field(s) ['batch_sise']" in capsys.readouterr().err
     assert cli.main(["train", "--image-folder", str(tmp_path / "nowhere"), "--output", str(output)]) == 2
     assert "nowhere" in capsys.readouterr().err
+    # An empty value is refused by name, not read as "no image folder" (which would train on MNIST).
+    assert cli.main(["train", "--image-folder", "", "--output", str(output)]) == 2
+    assert "Invalid configuration: image_folder=''; expected a non-empty string" in capsys.readouterr().err
     assert not output.exists()
 
 

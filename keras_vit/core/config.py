@@ -7,6 +7,7 @@ A variant is written as big_vision writes it: ``"B/16"`` is the Base width/depth
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from typing import Optional, Tuple
 
@@ -140,3 +141,30 @@ def check_architecture(
             _refuse(name, value, "a number in [0, 1)")
     if representation_size is not None and not _is_int(representation_size):
         _refuse("representation_size", representation_size, "a positive integer or None")
+
+
+# keras.applications' names for what keras_vit calls otherwise.
+KERAS_APPLICATIONS_NAMES = {
+    "classes": "num_classes=",
+    "input_shape": "image_size=(height, width) and channels=",
+    "input_tensor": "a functional call instead: model(tensor)",
+    "classifier_activation": None,  # the same name: accepted
+}
+
+
+def refuse_unknown_arguments(function_name, given, accepted):
+    """Raises ``TypeError`` for keyword arguments ``function_name`` does not take, with the
+    closest accepted name, or keras_vit's name for a keras.applications argument."""
+    unknown = [name for name in given if name not in accepted]
+    if not unknown:
+        return
+    reasons = []
+    for name in unknown:
+        if KERAS_APPLICATIONS_NAMES.get(name):
+            reasons.append(f"{name!r} (keras.applications' name; keras_vit takes {KERAS_APPLICATIONS_NAMES[name]})")
+            continue
+        close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
+        reasons.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"{function_name}() got unexpected keyword argument(s) {', '.join(reasons)}; it accepts {sorted(accepted)}."
+    )

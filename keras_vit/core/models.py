@@ -8,13 +8,14 @@ named variants (``ViT("B/16")``, ``ViTB16(...)``) is built over it in :mod:`kera
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Optional
 
 import keras
 
 from keras_vit import backends
 from keras_vit.core import hybrid
-from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, check_architecture
+from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, check_architecture, refuse_unknown_arguments
 from keras_vit.core.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
@@ -90,6 +91,9 @@ class VisionTransformer(keras.Model):
         name="vit",
         **kwargs,
     ):
+        refuse_unknown_arguments("VisionTransformer", kwargs, CONSTRUCTOR_ARGUMENTS)
+        if not isinstance(include_top, bool):
+            raise ValueError(f"include_top={include_top!r}; expected True or False.")
         # The layers take the policy current at their creation: build under the requested
         # one, so that a mixed-precision model reloads as mixed precision.
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
@@ -98,7 +102,7 @@ class VisionTransformer(keras.Model):
             patch_size = as_pair(patch_size, "patch_size")
             _check_choice(pooling, "pooling", POOLINGS)
             _check_choice(position_embedding, "position_embedding", POSITION_EMBEDDINGS)
-            if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+            if include_top and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
                 raise ValueError(
                     f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
                     f"Use include_top=False for a model without a head."
@@ -278,3 +282,10 @@ def forward_flops(model: VisionTransformer) -> int:
         elif isinstance(layer, hybrid.BottleneckUnit):
             flops += layer.flops(layer.input.shape)
     return flops
+
+
+# What VisionTransformer(...) takes: its own arguments and Keras's ``trainable``.
+CONSTRUCTOR_ARGUMENTS = frozenset(
+    name for name, parameter in inspect.signature(VisionTransformer.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+) | {"trainable"}

@@ -14,6 +14,21 @@ import numpy as np
 from keras_vit.data.pipelines import scale_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Images larger than this (decoded width x height) are refused before decoding: a small
+# compressed file can decode to gigabytes (a 389 KB PNG of 20000x20000 took 2.8 GB).
+# 50 megapixels covers phone and camera photos; pass max_pixels= to change it.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def decoded_size(path):
+    """``(width, height)`` from an image file's header, without decoding it; None if unknown."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def decode_and_resize(encoded, image_size, channels):
@@ -42,13 +57,15 @@ def list_image_files(directory):
     return found
 
 
-def read_images(paths, image_size, channels):
+def read_images(paths, image_size, channels, max_pixels=DEFAULT_MAX_PIXELS):
     """Reads image files into model input, setting aside those that cannot be read.
 
     Args:
-        paths: image file paths (JPEG, PNG, BMP, GIF; any size).
+        paths: image file paths (JPEG, PNG, BMP, GIF; any size up to ``max_pixels``).
         image_size: (height, width) to resize to (bilinear).
         channels: 1 (grayscale) or 3 (RGB); images are converted.
+        max_pixels: largest decoded width x height accepted (read from the file's header
+            first); larger files are set aside with the reason.
 
     Returns:
         ``(images, read_paths, errors)``: float32 (N, H, W, C) in [-1, 1] for the
@@ -61,6 +78,13 @@ def read_images(paths, image_size, channels):
         path = os.fspath(path)
         if not os.path.isfile(path):
             errors[path] = "no such file" if not os.path.exists(path) else "not a file"
+            continue
+        size = decoded_size(path)
+        if size is not None and size[0] * size[1] > max_pixels:
+            errors[path] = (
+                f"{size[0]}x{size[1]} pixels is more than max_pixels={max_pixels:,} (it would take "
+                f"{size[0] * size[1] * 16 / 2**30:.1f} GB to decode and resize); downscale it first"
+            )
             continue
         try:
             encoded = tf.io.read_file(path)

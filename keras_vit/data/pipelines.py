@@ -518,6 +518,11 @@ def image_folder(
         randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
     )
     paths, labels, class_names, skipped = scan_image_folder(directory)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Image folder {directory!r} has one class folder ({class_names[0]!r}); a classifier needs at least two "
+            f"(one sub-folder per class)."
+        )
     if validation_directory is not None:
         val_paths, val_labels, _, val_skipped = scan_image_folder(validation_directory, class_names)
         skipped += val_skipped
@@ -529,6 +534,11 @@ def image_folder(
         validation = np.zeros(len(paths), dtype=bool)
         for label in range(len(class_names)):
             indices = rng.permutation(np.flatnonzero(labels_array == label))
+            if len(indices) < 2:
+                raise ValueError(
+                    f"Class {class_names[label]!r} of {directory!r} has {len(indices)} readable image(s); holding out "
+                    f"a validation share needs at least 2 per class. Add images, or give a validation folder."
+                )
             held_out = int(round(len(indices) * validation_fraction))
             if len(indices) > 1:
                 held_out = min(max(held_out, 1), len(indices) - 1)

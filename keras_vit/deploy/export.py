@@ -24,6 +24,7 @@ import tempfile
 import numpy as np
 
 from keras_vit import run_folder
+from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import decode_and_resize, list_image_files, read_images
 from keras_vit.deploy.artifacts import (
@@ -168,6 +169,11 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
     def serve_images(images):
+        # A signature call does not enforce its shape: a wrong size would be reshaped into wrong rows.
+        tf.debugging.assert_equal(
+            tf.shape(images)[1:], tf.constant([height, width, channels]),
+            message=f"serving_images takes images of shape (batch, {height}, {width}, {channels}) in [-1, 1]",
+        )
         outputs = _exported_call(model, images)
         return {"outputs": outputs, "probabilities": _probabilities(outputs, output_kind)}
 
@@ -191,7 +197,8 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
     archive.track(model)
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
     archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
-    archive.write_out(directory, verbose=False)
+    with replaced_folder_atomically(directory) as temporary:
+        archive.write_out(temporary, verbose=False)
     return directory
 
 
@@ -257,7 +264,7 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError and others
             raise RuntimeError(f"TFLite conversion ({precision}) of {path} failed: {error}") from error
-    with open(path, "wb") as file:
+    with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
         file.write(flatbuffer)
     flex = [op for op in tflite_ops(path) if not _is_builtin_op(op)]
     if flex:
@@ -322,7 +329,8 @@ def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
         onnx_model,
         {"class_names": json.dumps(list(class_names)), "output_kind": model_output_kind(model)},
     )
-    onnx.save(onnx_model, path)
+    with replaced_atomically(path) as temporary:
+        onnx.save(onnx_model, temporary)
     return path
 
 
@@ -347,7 +355,8 @@ def write_sample_images(images, labels, class_names, directory):
     paths = []
     for index, (image, label) in enumerate(zip(images, labels)):
         path = os.path.join(directory, f"{class_names[int(label)]}_{index}.png")
-        tf.io.write_file(path, tf.io.encode_png(np.asarray(image, dtype="uint8")))
+        with replaced_atomically(path) as temporary:
+            tf.io.write_file(temporary, tf.io.encode_png(np.asarray(image, dtype="uint8")))
         paths.append(path)
     return paths
 
@@ -624,7 +633,7 @@ def export_model(
             if steps is not None:
                 steps.add(1)
 
-    with open(os.path.join(output_dir, LABELS_FILENAME), "w") as file:
+    with replaced_atomically(os.path.join(output_dir, LABELS_FILENAME)) as temporary, open(temporary, "w") as file:
         file.write("\n".join(class_names) + "\n")
     samples = []
     if data.get("samples") is not None:
@@ -653,8 +662,7 @@ def export_model(
         "artifacts": artifacts,
         "samples": samples,
     }
-    with open(os.path.join(output_dir, MANIFEST_FILENAME), "w") as file:
-        json.dump(manifest, file, indent=2)
+    write_json(os.path.join(output_dir, MANIFEST_FILENAME), manifest)
     if failures:
         raise RuntimeError(
             f"{len(failures)} artifact(s) failed verification (details in "

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_vit.data.images import read_images
+from keras_vit.data.images import DEFAULT_MAX_PIXELS, read_images
 from keras_vit.deploy.artifacts import Artifact, load_artifact
 
 
-def predict_files(artifact, image_paths, top_k=5, class_names=None):
+def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Predicts image files with any artifact and returns the top-k classes of each.
 
     Args:
@@ -20,6 +20,8 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None):
         image_paths: image files; unreadable ones are reported, the others predicted.
         top_k: how many classes to return per image.
         class_names: overrides the artifact's class names.
+        max_pixels: larger images (decoded width x height) are reported, not decoded
+            (:data:`keras_vit.data.images.DEFAULT_MAX_PIXELS`).
 
     Returns:
         ``{"artifact", "kind", "predictions": [{"file", "top_k": [{"class_id", "label",
@@ -29,7 +31,7 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None):
         artifact = load_artifact(artifact, class_names=class_names)
     if int(top_k) < 1:
         raise ValueError(f"top_k must be at least 1; got {top_k}.")
-    images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels)
+    images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels, max_pixels=max_pixels)
     predictions = []
     if len(read):
         probabilities = artifact.probabilities(images)

@@ -8,6 +8,7 @@ import time
 
 import keras
 
+from keras_vit.files import replaced_atomically, save_model
 from keras_vit.run_folder import RunFolder
 
 class NaNLossError(RuntimeError):
@@ -64,8 +65,31 @@ def plot_history(rows, path):
         axis.legend()
     figure.suptitle("Training curves")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Saves ``checkpoints/last.keras`` every epoch and ``best.keras`` when ``val_accuracy``
+    improves, each atomically: a kill mid-save leaves the previous file whole.
+
+    Args:
+        run: the run folder.
+        best_val_accuracy: the best so far (a resumed run), or None.
+    """
+
+    def __init__(self, run: RunFolder, best_val_accuracy=None):
+        super().__init__()
+        self.run = run
+        self.best = best_val_accuracy
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model(self.model, self.run.last_checkpoint)
+        accuracy = (logs or {}).get("val_accuracy")
+        if accuracy is not None and (self.best is None or accuracy > self.best):
+            self.best = float(accuracy)
+            save_model(self.model, self.run.best_checkpoint)
 
 
 def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True):
@@ -76,14 +100,7 @@ def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True)
         EpochTimer(),
         keras.callbacks.BackupAndRestore(run.backup_dir, double_checkpoint=True),
         keras.callbacks.CSVLogger(run.history_path, append=True),
-        keras.callbacks.ModelCheckpoint(run.last_checkpoint),
-        keras.callbacks.ModelCheckpoint(
-            run.best_checkpoint,
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_val_accuracy,
-        ),
+        Checkpoints(run, best_val_accuracy=best_val_accuracy),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs_dir, write_graph=False))

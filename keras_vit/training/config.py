@@ -436,10 +436,16 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         _fail("batch_size", optimization.batch_size, "a positive integer (images per replica)")
     if optimization.steps_per_epoch is not None and not _is_int(optimization.steps_per_epoch):
         _fail("steps_per_epoch", optimization.steps_per_epoch, "a positive integer or null")
-    if optimization.total_batch_size is None and "total_batch_size" in defaults:
-        optimization.total_batch_size = defaults["total_batch_size"]
-    if optimization.total_batch_size is not None and not _is_int(optimization.total_batch_size):
-        _fail("total_batch_size", optimization.total_batch_size, "a positive integer or null")
+    if optimization.total_batch_size is not None:
+        # Given by the user: it must be reachable, or it would be silently ignored.
+        if not _is_int(optimization.total_batch_size):
+            _fail("total_batch_size", optimization.total_batch_size, "a positive integer or null")
+        if optimization.total_batch_size < optimization.batch_size:
+            _fail("total_batch_size", optimization.total_batch_size,
+                  f"at least batch_size={optimization.batch_size} (a multiple of the global batch; lower batch_size "
+                  f"or leave total_batch_size out)")
+    elif "total_batch_size" in defaults:  # the paper's 512, or one batch when that is larger
+        optimization.total_batch_size = max(defaults["total_batch_size"], optimization.batch_size)
     if optimization.warmup_epochs is None:
         optimization.warmup_epochs = round(WARMUP_FRACTION * optimization.epochs, 6)
     for field in ("learning_rate", "weight_decay", "label_smoothing"):

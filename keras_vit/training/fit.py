@@ -66,6 +66,13 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
 
         return multiworker.train(config, resume=resume, overwrite=overwrite, verbose=verbose)
     run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite)
+    try:
+        return _fit(config, run, resuming, overwrite=overwrite, verbose=verbose)
+    finally:
+        run.unlock()
+
+
+def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
     device = accelerator(config.strategy)
     strategy = build_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync

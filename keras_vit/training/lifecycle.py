@@ -13,19 +13,26 @@ from typing import Dict, List, Optional
 
 import keras
 
+from keras_vit.files import save_model
 from keras_vit.run_folder import RunFolder
 from keras_vit.training.callbacks import plot_history
 from keras_vit.training.config import TrainConfig, run_directory
 
 
 def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
-    """``(RunFolder, resuming)`` for a resolved config; ``decide=False`` (a non-chief
-    worker) opens the folder without judging it."""
+    """``(RunFolder, resuming)`` for a resolved config, the folder locked for this process;
+    ``decide=False`` (a non-chief worker) opens the folder without judging or locking it."""
     run = RunFolder(run_directory(config))
     if not decide:
         return run, False
     canonical = lambda saved: TrainConfig.from_dict(saved).to_dict()  # noqa: E731  (flat files of earlier versions)
-    return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)
+    run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)  # before touching the folder
+    run.lock()
+    try:  # again under the lock: another process may have finished the run meanwhile
+        return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)
+    except BaseException:
+        run.unlock()
+        raise
 
 
 def begin(run: RunFolder, config: TrainConfig, class_names: List[str], *, resuming: bool, overwrite: bool):
@@ -41,7 +48,7 @@ def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batc
     """Saves the model, rewrites the history, draws the curves, writes ``metrics.json``.
 
     Returns the metrics (those of every loop plus ``extra``) and ``run_dir``."""
-    model.save(run.model_path)
+    save_model(model, run.model_path)
     rows = run.rewrite_history()
     plot_history(rows, run.curves_path)
     last = rows[-1]

@@ -89,6 +89,17 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
             f"which the multi-worker loop does not do; set it to the global batch {config.batch_size * replicas}."
         )
     run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite, decide=is_chief)  # the chief decides
+    try:
+        return _train(config, run, resuming, strategy, task_type, task_index, is_chief, overwrite=overwrite,
+                      verbose=verbose)
+    finally:
+        run.unlock()
+
+
+def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, overwrite, verbose):
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
     backup_dir = run.backup_dir
     global_batch = config.batch_size * replicas
     datasets = build_datasets(config, global_batch)

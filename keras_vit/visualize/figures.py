@@ -13,6 +13,7 @@ from typing import Dict
 
 import numpy as np
 
+from keras_vit.files import replaced_atomically
 from keras_vit.visualize.attention import (
     attention_distance_totals,
     check_images,
@@ -47,7 +48,8 @@ def _save(figure, path):
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, dpi=FIGURE_DPI, format="png")
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=FIGURE_DPI, format="png")
     return path
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.ndimage
 
 from keras_vit.core import hybrid
+from keras_vit.files import replaced_atomically, save_model
 from keras_vit.core.layers import PatchEncoder
 from keras_vit.core.models import VisionTransformer
 
@@ -262,7 +263,11 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
                 f"{variable.path} needs {ckpt_shape}"
             )
             continue
-        assignments.append((variable, value.reshape(variable.shape)))
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            errors.append(f"checkpoint key {key!r} holds {value.dtype} values; a weight needs numbers")
+            continue
+        # Converted now, so that a value the variable cannot take fails before anything is assigned.
+        assignments.append((variable, np.asarray(value.reshape(variable.shape), dtype=variable.dtype)))
 
     unused = sorted(set(params) - consumed)
     if unused:
@@ -273,7 +278,7 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
     if errors:
         raise ValueError(f"Cannot load {source} into {model.name}:\n  - " + "\n  - ".join(errors))
     for variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value)
     return model
 
 
@@ -283,9 +288,11 @@ def save_npz(model, path):
     for key, (variable, ckpt_shape) in checkpoint_layout(model).items():
         arrays[key] = np.asarray(keras.ops.convert_to_numpy(variable)).reshape(ckpt_shape)
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    np.savez(path, **arrays)
+    if not path.endswith(".npz"):
+        path += ".npz"  # what np.savez would write
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replaced_atomically(path) as temporary:
+        np.savez(temporary, **arrays)
     return path
 
 
@@ -307,9 +314,13 @@ def infer_config(params: Dict[str, np.ndarray]) -> dict:
     blocks = sorted({int(m.group(1)) for k in params if (m := _BLOCK_RE.match(k))})
     if not blocks:
         raise ValueError("Not a ViT checkpoint: no 'Transformer/encoderblock_{i}' keys.")
-    block = "Transformer/encoderblock_0"
-    num_heads = params[f"{block}/MultiHeadDotProductAttention_1/query/kernel"].shape[1]
-    mlp_dim = params[f"{block}/MlpBlock_3/Dense_0/kernel"].shape[1]
+    block = f"Transformer/encoderblock_{blocks[0]}"
+    needed = [f"{block}/MultiHeadDotProductAttention_1/query/kernel", f"{block}/MlpBlock_3/Dense_0/kernel"]
+    missing = [key for key in needed if key not in params]
+    if missing:
+        raise ValueError(f"Not a complete ViT checkpoint: no {missing} (the shapes that give the head count and MLP width).")
+    num_heads = params[needed[0]].shape[1]
+    mlp_dim = params[needed[1]].shape[1]
     has_class_token = "cls" in params
     config = dict(
         patch_size=(int(ph), int(pw)),
@@ -417,5 +428,5 @@ def convert_checkpoint(path, output, *, overwrite: bool = False, **kwargs) -> Vi
         raise ValueError(f"{output!r} already exists; pass overwrite=True (--overwrite) to replace it.")
     model = from_npz(path, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    model.save(output)
+    save_model(model, output)
     return model

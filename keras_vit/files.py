@@ -1,0 +1,61 @@
+"""Writing files so that a kill at any instant leaves the old file or the new one.
+
+Every file keras_vit writes (models, checkpoints, ``.npz``, configs, history, metrics,
+exports, figures, manifests) goes through :func:`replaced_atomically`: written under a
+temporary name in the same folder, flushed to disk, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yields a temporary path in ``path``'s folder; once the block has written it, the file
+    is flushed to disk and renamed over ``path``. A kill at any instant leaves the old file
+    or the new one, never a torn one. The temporary name keeps ``path``'s extension (Keras
+    checks ``.keras``)."""
+    folder, name = os.path.split(os.fspath(path))
+    temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}{os.path.splitext(name)[1]}")
+    try:
+        yield temporary
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, values) -> None:
+    """Writes ``values`` as indented JSON, atomically (:func:`replaced_atomically`)."""
+    with replaced_atomically(path) as temporary, open(temporary, "w") as file:
+        json.dump(values, file, indent=2)
+
+
+def save_model(model, path) -> None:
+    """``model.save(path)``, atomically (:func:`replaced_atomically`)."""
+    with replaced_atomically(path) as temporary:
+        model.save(temporary)
+
+
+@contextlib.contextmanager
+def replaced_folder_atomically(path):
+    """As :func:`replaced_atomically` for a folder (a SavedModel): written beside, then
+    renamed into place; an existing folder at ``path`` is replaced only once the new one is whole."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    temporary = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    previous = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        yield temporary
+        if os.path.exists(path):
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
