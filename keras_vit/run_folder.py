@@ -19,6 +19,7 @@ Training (both loops), evaluation, export, prediction and the figures open runs 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -284,10 +285,16 @@ class RunFolder:
         self._lock = handle
 
     def unlock(self) -> None:
+        """Releases the folder; a folder left holding nothing but the lock is removed."""
         handle = getattr(self, "_lock", None)
-        if handle is not None:
-            handle.close()  # releases the lock; the file stays (removing it would race a waiting process)
-            self._lock = None
+        if handle is None:
+            return
+        if self.is_empty():  # the run stopped before writing anything (bad data, say)
+            os.remove(self.file(LOCK_FILE))
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+        handle.close()  # releases the lock
+        self._lock = None
 
     def begin(self, config: Dict, class_names: List[str], *, resuming: bool, overwrite: bool) -> None:
         """Empties the folder with ``overwrite`` (what keras-vit wrote: :meth:`check` refused

@@ -231,20 +231,20 @@ def test_model_pre_logits_missing_from_checkpoint_is_an_error():
 def test_published_name_downloads_once_from_file_url(tmp_path, monkeypatch):
     bucket = tmp_path / "bucket"
     relative = zoo.published_weights("Ti/16")["augreg_in21k"]
-    small = keras_vit.ViT("Ti/16", image_size=32, num_classes=4, num_layers=1)
+    small = keras_vit.ViT("Ti/16", image_size=32, num_classes=4)  # the published file's architecture
     for weight in small.weights:
         weight.assign(np.random.default_rng(1).normal(size=weight.shape))
     save_npz(small, bucket / relative)
     monkeypatch.setenv(published.WEIGHTS_URL_ENV, bucket.as_uri())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    model = keras_vit.ViTTi16(num_classes=4, image_size=32, num_layers=1, weights="augreg_in21k")
+    model = keras_vit.ViTTi16(num_classes=4, image_size=32, weights="augreg_in21k")
     cached = tmp_path / "keras_home" / "keras_vit" / os.path.basename(relative)
     assert cached.is_file()
     x = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(predict(model, x), predict(small, x))
     # Second use reads the cache: the bucket can disappear.
     (bucket / relative).unlink()
-    keras_vit.ViTTi16(num_classes=4, image_size=32, num_layers=1, weights="augreg_in21k")
+    keras_vit.ViTTi16(num_classes=4, image_size=32, weights="augreg_in21k")
 
 
 def test_offline_download_names_url_and_where_to_put_the_file(tmp_path, monkeypatch):

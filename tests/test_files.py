@@ -63,7 +63,7 @@ def test_a_second_process_is_refused_the_run_folder_with_one_line(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from keras_vit.run_folder import RunFolder; RunFolder(sys.argv[1]).lock(); "
+         "import sys, time; from keras_vit.run_folder import RunFolder; run = RunFolder(sys.argv[1]); run.lock(); "
          "print('locked', flush=True); time.sleep(60)", str(folder)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO,
     )

@@ -22,12 +22,20 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 def decoded_size(path):
     """``(width, height)`` from an image file's header, without decoding it; None if unknown."""
+    import struct
+
     from PIL import Image, UnidentifiedImageError
 
+    with open(path, "rb") as file:
+        header = file.read(24)
+    if header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR":
+        return struct.unpack(">II", header[16:24])
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
             return image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own limit (about 179 megapixels), far above ours
+        return (2 * Image.MAX_IMAGE_PIXELS, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
         return None
 
 

@@ -371,6 +371,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             _fail(field, value, "a non-empty string or null")
     if data.validation_folder is not None and data.image_folder is None:
         _fail("validation_folder", data.validation_folder, "to be used together with image_folder")
+    for field in ("image_folder", "validation_folder"):
+        folder = getattr(data, field)
+        if isinstance(folder, str) and folder and not os.path.isdir(folder):
+            raise FileNotFoundError(f"Invalid configuration: {field}={folder!r} is not a folder.")
     if not isinstance(data.train_split, str) or not data.train_split:
         _fail("train_split", data.train_split, "a TFDS split such as 'train' or 'train[:90%]'")
     if not (_is_number(data.validation_fraction) and 0 < data.validation_fraction < 1):
