@@ -23,11 +23,14 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import os
 import shutil
 from typing import Dict, List, Optional
 
 from keras_vit.files import replaced_atomically, write_json
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RUNS_DIR = "saved_models"
 MODEL_FILE = "model.keras"
@@ -46,11 +49,32 @@ class RunFolder:
         path: the folder (``saved_models/<run>`` by default for training).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, replaces: Optional["RunFolder"] = None):
         self.path = os.fspath(path)
+        self.replaces = replaces  # the run this one takes the place of once it has finished
 
     def __repr__(self):
-        return f"RunFolder({self.path!r})"
+        return f"RunFolder({self.path!r})" if self.replaces is None else f"RunFolder({self.path!r}, replaces={self.replaces!r})"
+
+    # ------------------------------------------------------------------ replacing a run
+    def replacement(self) -> "RunFolder":
+        """The folder beside this one where a run that replaces it (``--overwrite``) is built.
+
+        The old run stays whole until the new one has finished; :meth:`promote` then swaps
+        them. A replacement killed half-way leaves the old run as it was."""
+        parent, name = os.path.split(os.path.abspath(self.path))
+        return RunFolder(os.path.join(parent, f".{name}.replacement"), replaces=self)
+
+    def promote(self) -> None:
+        """Puts this finished replacement in the place of the run it replaces, then deletes the old run."""
+        target = self.replaces
+        parent, name = os.path.split(os.path.abspath(target.path))
+        retired = os.path.join(parent, f".{name}.replaced-{os.getpid()}")
+        os.replace(target.path, retired)
+        os.replace(self.path, target.path)
+        shutil.rmtree(retired, ignore_errors=True)
+        target.unlock()
+        self.path, self.replaces = target.path, None
 
     def file(self, *parts) -> str:
         return os.path.join(self.path, *parts)
@@ -115,6 +139,30 @@ class RunFolder:
 
     def is_finished(self) -> bool:
         return os.path.isfile(self.metrics_path)
+
+    def repair(self) -> Optional[str]:
+        """Makes a finished run's model file whole again if it is missing or damaged.
+
+        ``checkpoints/last.keras`` holds the weights of the last epoch, which is what
+        ``model.keras`` holds once training has finished; it is copied over (atomically).
+        Returns a one-line account of the repair, or None when nothing needed it.
+
+        Raises:
+            ValueError: the model file is damaged and no whole checkpoint can replace it.
+        """
+        import zipfile
+
+        if not self.is_finished() or zipfile.is_zipfile(self.model_path):
+            return None
+        state = "missing" if not os.path.exists(self.model_path) else "damaged (not a whole .keras file)"
+        if not zipfile.is_zipfile(self.last_checkpoint):
+            raise ValueError(
+                f"Run folder {self.path!r}: {MODEL_FILE} is {state} and no whole checkpoint can replace it "
+                f"({self.last_checkpoint} is missing or damaged too); train it again with --overwrite."
+            )
+        with replaced_atomically(self.model_path) as temporary:
+            shutil.copyfile(self.last_checkpoint, temporary)
+        return f"{self.model_path} was {state}; restored from {self.last_checkpoint} (the last epoch's model)."
 
     # ------------------------------------------------------------------ config and class names
     def read_config(self) -> Optional[Dict]:
@@ -286,6 +334,8 @@ class RunFolder:
 
     def unlock(self) -> None:
         """Releases the folder; a folder left holding nothing but the lock is removed."""
+        if self.replaces is not None:
+            self.replaces.unlock()
         handle = getattr(self, "_lock", None)
         if handle is None:
             return
@@ -326,7 +376,11 @@ def resolve_model_path(path) -> str:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        candidate = RunFolder(path).model_path
+        run = RunFolder(path)
+        repaired = run.repair()
+        if repaired:
+            logger.warning("%s", repaired)
+        candidate = run.model_path
         if not os.path.isfile(candidate):
             raise FileNotFoundError(
                 f"Run folder {path!r} has no {MODEL_FILE} (an unfinished run? train it again to resume); pass a "

@@ -377,3 +377,34 @@ def test_finetune_from_an_npz_checkpoint_with_zero_head_and_accumulation(tmp_pat
     assert (metrics["accumulation_steps"], metrics["optimizer_steps"]) == (2, 2)
     tuned = keras.saving.load_model(tmp_path / "finetune" / "model.keras", compile=False)
     assert any(w.any() for w in tuned.get_layer("head").get_weights())
+
+
+def test_overwrite_keeps_the_old_run_until_its_replacement_has_finished(tmp_path):
+    output = tmp_path / "run"
+    train(TrainConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(output)), verbose=0)
+    before = {name: (output / name).read_bytes() for name in ("model.keras", "metrics.json", "config.json")}
+    # A replacement that fails (its loss becomes NaN) leaves the finished run exactly as it was.
+    with pytest.raises(RuntimeError, match="Training stopped"):
+        train(TrainConfig(**TINY, epochs=2, steps_per_epoch=2, warmup_epochs=0, learning_rate=1e36, output=str(output)),
+              overwrite=True, verbose=0)
+    assert {name: (output / name).read_bytes() for name in before} == before
+    # One that finishes takes its place, and nothing of the old run or the replacement is left beside it.
+    metrics = train(TrainConfig(**TINY, epochs=2, steps_per_epoch=2, output=str(output)), overwrite=True, verbose=0)
+    assert metrics["run_dir"] == str(output) and metrics["epochs"] == 2
+    assert json.loads((output / "metrics.json").read_text())["epochs"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_a_finished_run_with_a_torn_model_file_is_repaired_from_its_last_checkpoint(tmp_path, caplog):
+    output = tmp_path / "run"
+    metrics = train(TrainConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(output)), verbose=0)
+    (output / "model.keras").write_bytes(b"")  # what a kill mid-save left before writes were atomic
+    with caplog.at_level("WARNING", logger="keras_vit.run_folder"):
+        result = evaluate(str(output), verbose=0)
+    assert result["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+    assert "model.keras was damaged (not a whole .keras file); restored from" in caplog.text
+    assert (output / "model.keras").read_bytes() == (output / "checkpoints" / "last.keras").read_bytes()
+    (output / "model.keras").unlink()
+    (output / "checkpoints" / "last.keras").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="model.keras is missing and no whole checkpoint can replace it"):
+        evaluate(str(output), verbose=0)

@@ -20,16 +20,25 @@ from keras_vit.training.config import TrainConfig, run_directory
 
 
 def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
-    """``(RunFolder, resuming)`` for a resolved config, the folder locked for this process;
-    ``decide=False`` (a non-chief worker) opens the folder without judging or locking it."""
+    """``(RunFolder, resuming)`` for a resolved config, the folder locked for this process.
+
+    With ``overwrite`` on an existing run, the folder returned is its replacement, built
+    beside it and swapped in by :func:`finish` (the old run is kept until then).
+    ``decide=False`` (a non-chief worker) opens the same folder without judging or locking it.
+    """
     run = RunFolder(run_directory(config))
     if not decide:
-        return run, False
+        return (run.replacement() if overwrite and run.is_run() else run), False
     canonical = lambda saved: TrainConfig.from_dict(saved).to_dict()  # noqa: E731  (flat files of earlier versions)
     run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)  # before touching the folder
     run.lock()
     try:  # again under the lock: another process may have finished the run meanwhile
-        return run, run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)
+        resuming = run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)
+        if overwrite and run.is_run():
+            replacement = run.replacement()
+            replacement.lock()
+            return replacement, False
+        return run, resuming
     except BaseException:
         run.unlock()
         raise
@@ -73,5 +82,7 @@ def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batc
         "resumed_after_epoch": len(previous_rows) if resuming else None,
         **(extra or {}),
     }
-    run.write_metrics(metrics)
+    run.write_metrics(metrics)  # the run is finished from here on
+    if run.replaces is not None:
+        run.promote()  # only now does the replaced run go
     return {**metrics, "run_dir": run.path}
