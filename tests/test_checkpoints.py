@@ -273,3 +273,11 @@ def test_published_weights_on_a_model_of_another_shape_are_refused_before_any_do
     with pytest.raises(ValueError, match=r"weights='imagenet21k' are ViT-B/16's, and this model differs from it "
                                          r"\(hidden_size=32, the checkpoint's 768"):
         keras_vit.ViT("B/16", hidden_size=32, num_heads=2, mlp_dim=64, num_layers=1, image_size=32, weights="imagenet21k")
+
+
+def test_a_checkpoint_without_the_first_blocks_query_kernel_is_named(tmp_path):
+    arrays = params("vit_token")
+    del arrays["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
+    with pytest.raises(ValueError, match=r"Not a complete ViT checkpoint: no \['Transformer/encoderblock_0/"
+                                         r"MultiHeadDotProductAttention_1/query/kernel'\]"):
+        from_npz(write(tmp_path / "no_query.npz", arrays))

@@ -124,3 +124,12 @@ def test_commands_print_no_native_log_lines_unless_verbose():
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr
     assert child.stderr.splitlines() == ["a real warning", "child says hi", "after close"]
+
+
+@pytest.mark.parametrize("argv", [["benchmark", "--batch", "0"], ["predict", "m.onnx", "x.png", "--top-k", "-1"],
+                                  ["benchmark", "--seconds", "0"]])
+def test_counts_and_durations_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "expected a positive" in capsys.readouterr().err
