@@ -37,7 +37,8 @@ _API = {
     "forward_flops": "keras_vit.core.models",
     **dict.fromkeys(
         ["ViT", "ViTTi16", "ViTS16", "ViTS32", "ViTB8", "ViTB16", "ViTB32", "ViTL16", "ViTL32", "ViTH14", "ViTR_Ti16",
-         "ViTR26_S32", "ViTR26_B32", "ViTR50_B16", "ViTR50_L32", "list_models", "published_weights"],
+         "ViTR26_S32", "ViTR26_B32", "ViTR50_B16", "ViTR50_L32", "list_models", "list_weights", "published_weights",
+         "data_config"],
         "keras_vit.zoo",
     ),
     **dict.fromkeys(["from_npz", "load_npz", "save_npz"], "keras_vit.weights.npz"),

@@ -100,12 +100,12 @@ def _positive_float(text):
 def _add_models(subparsers):
     parser = subparsers.add_parser(
         "models",
-        help="print the model family: layers, width, heads, MLP, patch, parameters, GFLOPs",
-        description="Builds every variant of the paper at 224x224 with a 1000-class head and "
-        "prints its architecture, parameter count and forward GFLOPs (computed from the real "
-        "models).",
+        help="print the model family: layers, width, heads, MLP, patch, parameters, GFLOPs, published weights",
+        description="Prints every named variant of the paper at 224x224 with a 1000-class head: its "
+        "architecture, parameter count and forward GFLOPs (counted from the variant's numbers, equal to "
+        "the built models'), and the published checkpoints its weights= accepts.",
     )
-    parser.add_argument("--hybrids", action="store_true", help="also list the ResNet hybrids")
+    parser.add_argument("--hybrids", action="store_true", help="also list the ResNet hybrids (built to count them)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run_models)
 

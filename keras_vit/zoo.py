@@ -2,19 +2,23 @@
 
 Each named variant is registered once, below, with the published checkpoints that exist
 for it; its builder (``ViTB16``), its row of the model table (``keras-vit models``, the
-README), :func:`list_models`, :func:`published_weights` and ``weights=`` all read that
-one entry. ``ViT(variant)`` builds any variant string, named or not (``"S/8"``).
+README), :func:`list_models`, :func:`list_weights`, :func:`published_weights`,
+:func:`data_config` and ``weights=`` all read that one entry. ``ViT(variant)`` builds any
+variant string, named or not (``"S/8"``). Keras is imported only to build a model, so the
+registry answers at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-from keras_vit.core.config import as_pair, decode_variant, refuse_unknown_arguments
-from keras_vit.core.models import CONSTRUCTOR_ARGUMENTS, VisionTransformer, block_flops, forward_flops
+from keras_vit.core.config import as_pair, block_flops, decode_variant, parameter_count, refuse_unknown_arguments
 from keras_vit.weights import published
+
+if TYPE_CHECKING:
+    from keras_vit.core.models import VisionTransformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +110,55 @@ def builders(hybrids: bool = True) -> Dict[str, Callable[..., VisionTransformer]
     return {variant: REGISTRY[variant].builder for variant in list_models(hybrids)}
 
 
+def list_weights(variant: Optional[str] = None):
+    """The published checkpoint names: of one variant (a list), or ``{variant: [names]}``
+    for every named variant that has any."""
+    if variant is not None:
+        return sorted(published_weights(variant))
+    return {name: sorted(entry.weights) for name, entry in REGISTRY.items() if entry.weights}
+
+
+# What each published checkpoint was trained at and on: (image size, classes).
+_WEIGHTS_DATA = {
+    "imagenet21k": (224, 21843),
+    "imagenet21k+imagenet2012": (384, 1000),
+    "augreg_in21k": (224, 21843),
+    "augreg_in21k_ft_in1k": (224, 1000),
+    "augreg_in1k": (224, 1000),
+}
+
+
+def data_config(variant: str, weights: Optional[str] = None) -> dict:
+    """The input a variant's checkpoint expects, as timm's ``resolve_model_data_config`` gives it.
+
+    Every original and AugReg checkpoint takes RGB scaled by ``x / 127.5 - 1`` (mean and
+    std 0.5 of [0, 1] pixels), resized with bilinear interpolation to its training size
+    without a crop, as the original evaluates.
+
+    Returns:
+        ``{"image_size", "channels", "mean", "std", "interpolation", "crop_fraction",
+        "num_classes"}``; without ``weights``, the builders' defaults (224, 1000 classes).
+
+    Raises:
+        ValueError: an unknown variant, or weights the variant was not published with.
+    """
+    decode_variant(variant)
+    if weights is not None and weights not in published_weights(variant):
+        raise ValueError(
+            f"No published weights {weights!r} for ViT-{variant}; available: {list_weights(variant) or 'none'}."
+        )
+    image_size, num_classes = _WEIGHTS_DATA.get(weights, (224, 1000))
+    return {
+        "image_size": (image_size, image_size),
+        "channels": 3,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "interpolation": "bilinear",
+        "crop_fraction": 1.0,
+        "num_classes": num_classes,
+    }
+
+
 def published_weights(variant: str) -> Dict[str, str]:
     """The published checkpoints of ``variant``: name -> path under the bucket (``{}`` if none).
 
@@ -189,6 +242,8 @@ def ViT(
             ``include_top``, ``representation_size``, ``dropout``, ``channels``, ...),
             overriding the variant's.
     """
+    from keras_vit.core.models import CONSTRUCTOR_ARGUMENTS, VisionTransformer
+
     refuse_unknown_arguments("ViT", kwargs, CONSTRUCTOR_ARGUMENTS | {"variant", "weights"})
     config = decode_variant(variant)
     arguments = dict(
@@ -224,25 +279,43 @@ def variant_forward_flops(variant: str, image_size: int = 224, num_classes: int 
 
 
 def variant_table(include_hybrids: bool = False, image_size: int = 224, num_classes: int = 1000):
-    """One row per named variant, computed from the built model: architecture, params, GFLOPs."""
-    import keras
+    """One row per named variant: architecture, parameters, GFLOPs and published weights.
 
+    Plain ViTs are counted from their numbers (equal to the built models'; a test checks
+    it), so the table needs no Keras; hybrids are built to count their ResNet stems.
+    """
     rows = []
     for variant, build in builders(include_hybrids).items():
-        model = build(num_classes=num_classes, image_size=image_size)
+        spec = decode_variant(variant)
+        if spec.resnet is None:
+            params = parameter_count(spec, image_size, num_classes)
+            flops = variant_forward_flops(variant, image_size, num_classes)
+        else:
+            params, flops = _built_counts(build, image_size, num_classes)
         rows.append(
             {
                 "model": f"ViT-{variant}",
                 "builder": build.__name__,
-                "layers": model.num_layers,
-                "width": model.hidden_size,
-                "heads": model.num_heads,
-                "mlp": model.mlp_dim,
-                "patch": model.patch_size[0],
-                "params": model.count_params(),
-                f"GFLOPs@{image_size}": forward_flops(model) / 1e9,
+                "layers": spec.num_layers,
+                "width": spec.hidden_size,
+                "heads": spec.num_heads,
+                "mlp": spec.mlp_dim,
+                "patch": spec.patch_size[0],
+                "params": params,
+                f"GFLOPs@{image_size}": flops / 1e9,
+                "weights": ", ".join(list_weights(variant)) or "-",
             }
         )
-        del model
-        keras.backend.clear_session()
     return rows
+
+
+def _built_counts(build, image_size, num_classes):
+    import keras
+
+    from keras_vit.core.models import forward_flops
+
+    model = build(num_classes=num_classes, image_size=image_size)
+    counts = model.count_params(), forward_flops(model)
+    del model
+    keras.backend.clear_session()
+    return counts

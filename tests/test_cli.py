@@ -22,8 +22,7 @@ def run(capsys, *argv):
     return status, captured.out, captured.err
 
 
-@pytest.mark.slow
-def test_models_table_is_computed_from_the_real_models(capsys):
+def test_models_table_lists_every_variant_with_its_published_weights(capsys):
     status, out, _ = run(capsys, "models", "--json")
     assert status == 0
     rows = {row["model"]: row for row in json.loads(out)}
@@ -31,7 +30,23 @@ def test_models_table_is_computed_from_the_real_models(capsys):
     assert rows["ViT-H/14"]["params"] == 632_045_800
     assert (rows["ViT-L/16"]["layers"], rows["ViT-L/16"]["width"], rows["ViT-L/16"]["heads"]) == (24, 1024, 16)
     assert rows["ViT-B/16"]["GFLOPs@224"] == pytest.approx(35.1, abs=0.1)
+    assert rows["ViT-H/14"]["weights"] == "imagenet21k"
+    assert rows["ViT-S/16"]["weights"] == "augreg_in1k, augreg_in21k, augreg_in21k_ft_in1k"
     assert len(rows) == 9
+
+
+@pytest.mark.slow
+def test_the_counted_table_equals_the_built_models():
+    from keras_vit.core.models import forward_flops
+    from keras_vit.zoo import builders, variant_table
+
+    counted = {row["builder"]: row for row in variant_table()}
+    for variant, build in builders(hybrids=False).items():
+        model = build()
+        assert counted[build.__name__]["params"] == model.count_params(), variant
+        assert counted[build.__name__]["GFLOPs@224"] == forward_flops(model) / 1e9, variant
+        del model
+        keras.backend.clear_session()
 
 
 def test_inspect_prints_config_params_and_keys(capsys):
@@ -81,7 +96,7 @@ def _keras_vit(*argv, **env):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["--version"], ["train", "--epochs", "0"]]
+    [["--help"], ["--version"], ["train", "--epochs", "0"], ["models"]]
     + [[command, "--help"] for command in ("models", "inspect", "convert", "benchmark", "train", "evaluate",
                                            "visualize", "export", "predict")],
     ids=lambda argv: " ".join(argv),
@@ -99,6 +114,8 @@ def test_help_version_and_argument_errors_answer_without_importing_keras(argv):
         assert child.returncode == 2 and "epochs=0; expected a positive integer" in child.stderr
     else:
         assert child.returncode == 0 and child.stdout.strip()
+    if argv == ["models"]:
+        assert "ViT-B/16" in child.stdout and "imagenet21k+imagenet2012" in child.stdout
 
 
 @pytest.mark.slow

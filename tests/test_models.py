@@ -235,3 +235,17 @@ def test_misspelled_or_foreign_builder_arguments_are_refused_by_name(arguments, 
 def test_booleans_and_integers_are_not_confused(arguments, message):
     with pytest.raises(ValueError, match=message):
         tiny(**arguments)
+
+
+def test_list_models_list_weights_and_data_config_come_from_the_registry():
+    assert keras_vit.list_models(hybrids=False) == ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]
+    assert keras_vit.list_models()[-1] == "R50+L/32"
+    assert keras_vit.list_weights("L/32") == ["imagenet21k", "imagenet21k+imagenet2012"]
+    assert set(keras_vit.list_weights()) == {v for v in keras_vit.list_models() if keras_vit.published_weights(v)}
+    config = keras_vit.data_config("B/16", "imagenet21k+imagenet2012")
+    assert (config["image_size"], config["num_classes"], config["interpolation"]) == ((384, 384), 1000, "bilinear")
+    assert config["mean"] == config["std"] == (0.5, 0.5, 0.5)  # x / 127.5 - 1
+    assert keras_vit.data_config("Ti/16", "augreg_in21k")["num_classes"] == 21843
+    with pytest.raises(ValueError, match=r"No published weights 'imagenet21k' for ViT-Ti/16; available: "
+                                         r"\['augreg_in21k', 'augreg_in21k_ft_in1k'\]"):
+        keras_vit.data_config("Ti/16", "imagenet21k")

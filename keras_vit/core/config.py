@@ -168,3 +168,25 @@ def refuse_unknown_arguments(function_name, given, accepted):
     raise TypeError(
         f"{function_name}() got unexpected keyword argument(s) {', '.join(reasons)}; it accepts {sorted(accepted)}."
     )
+
+
+def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
+    """One encoder block's matrix products over ``tokens`` tokens of ``width`` (2 FLOPs per
+    multiply-accumulate)."""
+    projections = 2 * tokens * width * 4 * width  # q, k, v and output projections
+    attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
+    return projections + attention + 2 * 2 * tokens * width * mlp_dim
+
+
+def parameter_count(spec: ViTConfig, image_size=224, num_classes: int = 1000, channels: int = 3) -> int:
+    """Parameters of a plain ViT (class token, learned position embeddings, no pre-logits)
+    from its numbers alone; equal to ``count_params()`` of the built model."""
+    if spec.resnet is not None:
+        raise ValueError("parameter_count covers plain ViTs; a hybrid's stem is counted by building it.")
+    height, width = as_pair(image_size, "image_size")
+    ph, pw = spec.patch_size
+    d, m = spec.hidden_size, spec.mlp_dim
+    patches = (height // ph) * (width // pw)
+    embedding = ph * pw * channels * d + d + d + (patches + 1) * d  # projection, class token, positions
+    block = 2 * 2 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)  # two norms, attention, MLP
+    return embedding + spec.num_layers * block + 2 * d + d * num_classes + num_classes

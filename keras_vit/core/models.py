@@ -15,7 +15,14 @@ import keras
 
 from keras_vit import backends
 from keras_vit.core import hybrid
-from keras_vit.core.config import POOLINGS, POSITION_EMBEDDINGS, as_pair, check_architecture, refuse_unknown_arguments
+from keras_vit.core.config import (
+    POOLINGS,
+    POSITION_EMBEDDINGS,
+    as_pair,
+    block_flops,
+    check_architecture,
+    refuse_unknown_arguments,
+)
 from keras_vit.core.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
 
 
@@ -253,13 +260,6 @@ class VisionTransformer(keras.Model):
             stages, width_factor = config["resnet"]
             config["resnet"] = (tuple(stages), width_factor)
         return cls(**config)
-
-
-def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
-    # One encoder block's matrix products over ``tokens`` tokens of ``width``.
-    projections = 2 * tokens * width * 4 * width  # q, k, v and output projections
-    attention = 2 * 2 * tokens * tokens * width  # scores and weighted sum
-    return projections + attention + 2 * 2 * tokens * width * mlp_dim
 
 
 def forward_flops(model: VisionTransformer) -> int:

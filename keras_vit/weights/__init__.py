@@ -1,11 +1,2 @@
-"""Checkpoints in and out: the original ``.npz`` layout and the published files."""
-
-from keras_vit.weights.npz import (
-    convert_checkpoint,
-    describe_checkpoint,
-    from_npz,
-    load_npz,
-    read_npz,
-    resample_position_embedding,
-    save_npz,
-)
+"""Checkpoints in and out: the original ``.npz`` layout (:mod:`~keras_vit.weights.npz`) and
+the published files' bucket and download cache (:mod:`~keras_vit.weights.published`)."""

@@ -231,7 +231,8 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
     ):
         # Fine-tuning as the original: a fresh zero-initialised head.
         if ckpt_head is not None:
-            logger.info("Head %s replaced by a zero-initialised %s.", ckpt_head.shape, head_kernel[1])
+            logger.warning("Head %s replaced by a zero-initialised %s (a new head, as fine-tuning starts).",
+                           ckpt_head.shape, head_kernel[1])
         for key in HEAD_KEYS:
             variable = layout.pop(key)[0]
             assignments.append((variable, np.zeros(variable.shape, variable.dtype)))
@@ -239,7 +240,7 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
     if "head/kernel" not in layout:  # no head in the model (include_top=False) or reset above
         consumed.update(k for k in HEAD_KEYS if k in params)
     if "pre_logits/kernel" not in layout and "pre_logits/kernel" in params:
-        logger.info("Checkpoint's pre_logits layer dropped: the model has no representation layer.")
+        logger.warning("Checkpoint's pre_logits layer dropped: the model has no representation layer.")
         consumed.update(PRE_LOGITS_KEYS)
 
     for key, (variable, ckpt_shape) in layout.items():
@@ -255,6 +256,10 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
                 has_class_token="cls" in params,
                 old_grid=old_grid,
             )
+            side = math.isqrt(params[key].shape[1] - int("cls" in params))
+            before = tuple(old_grid) if old_grid is not None else (side, side)
+            logger.warning("Position embeddings resampled from a %dx%d grid to %dx%d (bilinear, as the original "
+                           "fine-tunes at another resolution).", *before, *model.grid_size)
         elif key.startswith(("gn_root/", "block")) and value.ndim == 1:
             value = value.reshape(ckpt_shape)  # some files store group-norm params as (C,)
         if value.shape != ckpt_shape:
