@@ -48,6 +48,7 @@ _API = {
         "keras_vit.visualize.attention",
     ),
     "save_figures": "keras_vit.visualize.figures",
+    **dict.fromkeys(["decode_predictions", "preprocess_input"], "keras_vit.data.imagenet"),
     "TrainConfig": "keras_vit.training.config",
     **dict.fromkeys(["train", "evaluate"], "keras_vit.training.fit"),
     "export_model": "keras_vit.deploy.export",

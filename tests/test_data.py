@@ -280,3 +280,29 @@ def test_images_larger_than_max_pixels_are_reported_before_decoding(tmp_path):
     assert errors[bomb].startswith(f"20000x20000 pixels is more than max_pixels={images.DEFAULT_MAX_PIXELS:,}")
     _, read, errors = images.read_images([small], (28, 28), 1, max_pixels=10)
     assert read == [] and "more than max_pixels=10" in errors[small]
+
+
+def test_decode_predictions_names_imagenet_classes_offline():
+    import keras_vit
+    from keras_vit.data import imagenet
+
+    logits = np.full((2, 1000), -5.0, "float32")
+    logits[0, [1, 207, 980]] = [9.0, 8.0, 7.0]  # goldfish, golden retriever, volcano
+    logits[1, 0] = 3.0
+    decoded = keras_vit.decode_predictions(logits, top=3)
+    assert [(synset, name) for synset, name, _ in decoded[0]] == [
+        ("n01443537", "goldfish"), ("n02099601", "golden_retriever"), ("n09472597", "volcano")]
+    assert decoded[1][0][:2] == ("n01440764", "tench") and decoded[1][0][2] == 3.0
+    synsets = [synset for synset, _ in imagenet.imagenet_classes()]
+    assert len(synsets) == 1000 and synsets == sorted(synsets)  # TFDS's label order
+    with pytest.raises(ValueError, match=r"expects \(batch, 1000\) outputs .* got shape \(2, 10\)"):
+        keras_vit.decode_predictions(np.zeros((2, 10)))
+    np.testing.assert_allclose(keras_vit.preprocess_input(np.array([[0, 127.5, 255]], "uint8")), [[-1.0, 0.0, 1.0]],
+                               atol=1e-2)
+
+
+def test_shipped_imagenet_names_equal_keras_hubs_table():
+    utils = pytest.importorskip("keras_hub.src.utils.imagenet.imagenet_utils")
+    from keras_vit.data import imagenet
+
+    assert imagenet.imagenet_classes() == [tuple(utils.IMAGENET_NAMES[i]) for i in range(1000)]
