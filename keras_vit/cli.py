@@ -285,7 +285,7 @@ def _add_visualize(subparsers):
         description="Writes PNG figures to --out: each image with its attention rollout overlaid, "
         "a per-head attention grid for one block, the position-embedding similarity grid, the "
         "principal components of the embedding filters, and mean attention distance against depth "
-        "(the paper's Fig. 7). Existing figures are kept unless --overwrite is given.",
+        "(the paper's Fig. 7) to --output. Existing figures are kept unless --overwrite is given.",
     )
     parser.add_argument(
         "model",
@@ -295,14 +295,16 @@ def _add_visualize(subparsers):
     parser.add_argument(
         "images", metavar="IMAGES", nargs="+", help="image files (PNG, JPEG), resized to the model's input size"
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
+    parser.add_argument(
+        "--output", "--out", dest="output", required=True, metavar="DIR", help="folder for the figures (created if missing)"
+    )
     parser.add_argument(
         "--layer", type=int, default=-1, help="block drawn head by head; negative counts from the last (default -1)"
     )
     parser.add_argument(
         "--filters", type=int, default=28, help="principal components of the embedding filters to draw (default 28)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace figures already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace figures already in --output")
     parser.set_defaults(handler=_run_visualize)
 
 
@@ -310,7 +312,7 @@ def _run_visualize(args):
     from keras_vit.visualize.figures import save_figures
 
     written = save_figures(
-        args.model, args.images, args.out, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
+        args.model, args.images, args.output, layer=args.layer, num_filters=args.filters, overwrite=args.overwrite
     )
     for path in written.values():
         print(path)
@@ -416,6 +418,7 @@ def _add_export(subparsers):
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_export)
 
 
@@ -432,6 +435,7 @@ def _run_export(args):
         top_k=args.top_k,
         opset=args.opset,
         overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest))
 
@@ -488,10 +492,17 @@ def _add_benchmark(subparsers):
     parser.add_argument("--dtype", default="float32", help="dtype policies, e.g. float32,mixed_bfloat16")
     parser.add_argument("--backend", default="tensorflow", help="keras backends, e.g. tensorflow,jax")
     parser.add_argument("--image-size", type=_positive_int, default=224)
-    parser.add_argument("--batch", type=_positive_int, default=8)
-    parser.add_argument("--jit-compile", action="store_true", help="compile the model with XLA")
+    parser.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive_int, default=8,
+                        help="images per step (default 8)")
+    parser.add_argument(
+        "--jit-compile", nargs="?", const="on", default="off", choices=["on", "off"],
+        help="compile the model with XLA: on or off (default off; --jit-compile alone means on)",
+    )
     parser.add_argument("--seconds", type=_positive_float, default=10.0, help="minimum timed seconds per model case")
-    parser.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
+    parser.add_argument("--json", action="store_true", help="print JSON (results and machine) instead of tables")
+    parser.add_argument("--output", metavar="FILE", help="also write the results and machine as JSON to FILE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--peers", default="installed",
         help="peer implementations measured beside keras_vit: 'installed' (those importable: "
@@ -503,23 +514,29 @@ def _add_benchmark(subparsers):
 def _run_benchmark(args):
     from keras_vit.tools import benchmark
 
+    if args.output and os.path.exists(args.output) and not args.overwrite:
+        raise ValueError(f"--output {args.output!r} already exists; pass --overwrite to replace it.")
     backends = args.backend.split(",")
     peers = benchmark.select_peers(args.peers)
     if args.variant:
         cases = benchmark.custom_suite(
             args.variant, args.mode.split(","), args.dtype.split(","), backends,
-            image_size=args.image_size, batch=args.batch, jit_compile=args.jit_compile,
+            image_size=args.image_size, batch=args.batch_size, jit_compile=args.jit_compile == "on",
             min_seconds=args.seconds, peers=peers,
         )
     else:
         cases = benchmark.standard_suite(backends, peers=peers)
-    results = benchmark.run_suite(cases)
-    machine = benchmark.machine_description()
-    print(f"machine: {machine}")
-    print(benchmark.format_results(results))
+    results = benchmark.run_suite(cases, progress=not args.quiet)
+    report = {"machine": benchmark.machine_description(), "results": results}
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine, "results": results}, handle, indent=2)
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"machine: {report['machine']}")
+        print(benchmark.format_results(results))
+    if args.output:
+        from keras_vit.files import write_json
+
+        write_json(args.output, report)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -51,7 +51,9 @@ def test_unknown_case_is_reported_as_an_error():
 
 def test_cli_writes_json_and_a_table(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    status = main(["benchmark", "--variant", "Ti/16", "--mode", "training", "--image-size", "32", "--batch", "2", "--seconds", "0.5", "--peers", "none", "--json", str(path)])
+    argv = ["benchmark", "--variant", "Ti/16", "--mode", "training", "--image-size", "32", "--batch-size", "2",
+            "--seconds", "0.5", "--peers", "none", "--quiet"]
+    status = main([*argv, "--output", str(path)])
     out = capsys.readouterr().out
     assert status == 0
     saved = json.loads(path.read_text())
@@ -59,6 +61,13 @@ def test_cli_writes_json_and_a_table(tmp_path, capsys):
     assert kinds == ["matmul", "training"]
     assert saved["machine"]["cores"] >= 1
     assert "| training | keras_vit ViT-Ti/16 | tensorflow | float32 | 2 |" in out
+    # --json prints the same report to stdout; an existing --output file is kept without --overwrite.
+    before = path.read_bytes()
+    assert main([*argv, "--output", str(path)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and path.read_bytes() == before
+    assert main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["case"] for r in printed["results"]] == ["matmul", "training"]
 
 
 def test_variant_flops_without_building_equal_the_built_models_count():

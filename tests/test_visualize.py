@@ -381,14 +381,14 @@ def test_visualize_command_writes_the_figures_and_refuses_to_overwrite(token_mod
     model.save(tmp_path / "run" / "model.keras")
     paths = _write_pngs(images, tmp_path / "images")
     out = tmp_path / "figures"
-    assert main(["visualize", str(tmp_path / "run"), *paths, "--out", str(out), "--layer", "0"]) == 0
+    assert main(["visualize", str(tmp_path / "run"), *paths, "--output", str(out), "--layer", "0"]) == 0
     printed = capsys.readouterr().out.split()
     assert sorted(os.path.basename(p) for p in printed) == sorted(visualize.FIGURE_FILES.values())
     assert _read_png(out / "attention_rollout.png") == (400, 3 * 200)
 
-    assert main(["visualize", str(tmp_path / "run"), paths[0], "--out", str(out)]) == 2
+    assert main(["visualize", str(tmp_path / "run"), paths[0], "--output", str(out)]) == 2
     assert "keras-vit visualize: error:" in capsys.readouterr().err
-    assert main(["visualize", str(tmp_path / "run"), paths[0], "--out", str(out), "--overwrite"]) == 0
+    assert main(["visualize", str(tmp_path / "run"), paths[0], "--output", str(out), "--overwrite"]) == 0
     assert _read_png(out / "attention_rollout.png") == (400, 200)
 
 
@@ -396,10 +396,10 @@ def test_visualize_command_reports_bad_input(token_model, tmp_path, capsys):
     model, images = token_model
     paths = _write_pngs(images[:1], tmp_path / "images")
     checkpoint = os.path.join(DATA, "vit_token.npz")
-    assert main(["visualize", str(tmp_path / "nowhere"), *paths, "--out", str(tmp_path / "a")]) == 2
+    assert main(["visualize", str(tmp_path / "nowhere"), *paths, "--output", str(tmp_path / "a")]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert main(["visualize", checkpoint, str(tmp_path / "missing.png"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["visualize", checkpoint, str(tmp_path / "missing.png"), "--output", str(tmp_path / "b")]) == 2
     assert "missing.png' does not exist" in capsys.readouterr().err
-    assert main(["visualize", checkpoint, *paths, "--out", str(tmp_path / "c"), "--layer", "5"]) == 2
+    assert main(["visualize", checkpoint, *paths, "--output", str(tmp_path / "c"), "--layer", "5"]) == 2
     assert "layer 5 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
