@@ -17,6 +17,7 @@ def predict(model, x):
     return keras.ops.convert_to_numpy(model(x, training=False))
 
 
+@pytest.mark.slow  # builds a ResNet stem: seconds, more on JAX
 def test_reference_hybrid_logits_and_features_match_the_original():
     reference = np.load(DATA / "vit_hybrid.expected.npz")
     model = from_npz(DATA / "vit_hybrid.npz")
@@ -35,6 +36,7 @@ def test_group_norm_params_stored_as_vectors_load_the_same(tmp_path):
     assert np.abs(predict(model, reference["images"]) - reference["logits"]).max() < 1e-4
 
 
+@pytest.mark.slow  # builds a ResNet stem: seconds, more on JAX
 def test_r50_b16_parameter_count_and_grid():
     model = keras_vit.ViTR50_B16()
     assert model.count_params() == 98_659_112
@@ -44,6 +46,7 @@ def test_r50_b16_parameter_count_and_grid():
         model.get_layer("block3_unit10")
 
 
+@pytest.mark.slow  # the R50 stems
 @pytest.mark.parametrize(
     "builder, stages, patch, grid",
     [
@@ -59,6 +62,7 @@ def test_hybrid_builders_use_the_original_configurations(builder, stages, patch,
     keras.backend.clear_session()
 
 
+@pytest.mark.slow  # builds a ResNet stem: seconds, more on JAX
 def test_hybrid_through_vit_argument_and_image_size_check():
     model = keras_vit.ViT("S/1", resnet=((1, 1), 0.5), image_size=32, num_classes=3, num_layers=1)
     assert model.grid_size == (4, 4)
