@@ -281,3 +281,23 @@ def test_a_checkpoint_without_the_first_blocks_query_kernel_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"Not a complete ViT checkpoint: no \['Transformer/encoderblock_0/"
                                          r"MultiHeadDotProductAttention_1/query/kernel'\]"):
         from_npz(write(tmp_path / "no_query.npz", arrays))
+
+
+def test_each_weight_adaptation_is_logged_once(caplog):
+    # Fine-tuning surgery must not happen without a word: a new head, the pre-logits dropped
+    # (a model without a representation layer), the position embeddings resampled (4x4 -> 6x6).
+    with caplog.at_level("WARNING", logger="keras_vit.weights.npz"):
+        model = keras_vit.ViT("B/8", image_size=48, num_classes=5, hidden_size=48, num_layers=2, num_heads=4,
+                              mlp_dim=64)
+        load_npz(model, DATA / "vit_i21k_style.npz")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "Head (32, 21) replaced by a zero-initialised (48, 5) (a new head, as fine-tuning starts).",
+        "Checkpoint's pre_logits layer dropped: the model has no representation layer.",
+        "Position embeddings resampled from a 4x4 grid to 6x6 (bilinear, as the original fine-tunes at another "
+        "resolution).",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keras_vit.weights.npz"):
+        from_npz(DATA / "vit_i21k_style.npz")  # the model the file describes: nothing adapted
+    assert caplog.records == []
