@@ -249,3 +249,15 @@ def test_list_models_list_weights_and_data_config_come_from_the_registry():
     with pytest.raises(ValueError, match=r"No published weights 'imagenet21k' for ViT-Ti/16; available: "
                                          r"\['augreg_in21k', 'augreg_in21k_ft_in1k'\]"):
         keras_vit.data_config("Ti/16", "imagenet21k")
+
+
+def test_integer_pixels_are_refused_with_the_scaling_to_apply():
+    # uint8 images were once accepted as they are and misclassified without a word.
+    model = tiny()
+    pixels = np.full((2, 16, 16, 3), 200, "uint8")
+    with pytest.raises(ValueError, match=r"takes float images scaled to \[-1, 1\]; received uint8 pixels. Scale them "
+                                         r"with keras_vit.preprocess_input"):
+        model(pixels)
+    with pytest.raises(ValueError, match="received uint8 pixels"):
+        model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(model(keras_vit.preprocess_input(pixels)), model(pixels / 127.5 - 1.0), atol=1e-6)

@@ -216,6 +216,13 @@ class VisionTransformer(keras.Model):
             return super().predict_step(*args, **kwargs)
 
     def _check_images(self, images):
+        dtype = getattr(images, "dtype", None)
+        if dtype is not None and "int" in keras.backend.standardize_dtype(dtype):
+            # 0-255 pixels fed as they are would be classified, wrongly, without a word.
+            raise ValueError(
+                f"{self.name} takes float images scaled to [-1, 1]; received {keras.backend.standardize_dtype(dtype)} "
+                f"pixels. Scale them with keras_vit.preprocess_input(images) (x / 127.5 - 1) first."
+            )
         shape = tuple(getattr(images, "shape", ()))
         expected = (self.image_size[0], self.image_size[1], self.channels)
         if len(shape) != 4 or any(
