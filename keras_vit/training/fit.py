@@ -73,6 +73,7 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
 
 
 def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
+    # The run itself, with its folder locked by train().
     device = accelerator(config.strategy)
     strategy = build_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync

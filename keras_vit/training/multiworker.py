@@ -97,6 +97,7 @@ def train(config, *, resume=False, overwrite=False, verbose=1):
 
 
 def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, overwrite, verbose):
+    # The loop itself, with the run folder locked by train() (the chief's).
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
