@@ -29,6 +29,7 @@ _NATIVE_LOG_LINE = re.compile(
     rb"|This TensorFlow binary is optimized"
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
     rb"|WARNING:absl:"
+    rb"|fully_quantize: \d"  # the TFLite quantizer's settings line
     rb"|W\d{4} \d\d:\d\d:\d\d"  # absl's Python logging
     rb")"
 )

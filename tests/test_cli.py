@@ -133,6 +133,7 @@ def test_commands_print_no_native_log_lines_unless_verbose():
         "f = _NativeLogFilter()\n"
         "os.write(2, b'I0000 00:00:1796197468.679175    5377 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
         "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'fully_quantize: 0, inference_type: 6, input_inference_type: INT8, output_inference_type: INT8\\n')\n"
         "print('a real warning', file=sys.stderr)\n"
         "subprocess.run([sys.executable, '-c', \"import os; os.write(2, b'E0000 00:00:17.5 1 x.cc:1] gone\\\\nchild says hi\\\\n')\"])\n"
         "f.close()\n"
