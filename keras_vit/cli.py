@@ -576,6 +576,9 @@ def main(argv=None):
         log_filter = _NativeLogFilter()
     try:
         result = args.handler(args)
+    except BrokenPipeError:  # the reader went away (`keras-vit models | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, RuntimeError,
             OSError) as error:
         if args.verbose:

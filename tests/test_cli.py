@@ -151,3 +151,13 @@ def test_counts_and_durations_must_be_positive(argv, capsys):
         cli.main(argv)
     assert exit_info.value.code == 2
     assert "expected a positive" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    # `keras-vit models | head -2`: the closed pipe is not an error to report.
+    child = subprocess.run(
+        f"{sys.executable} -m keras_vit.cli models | head -2", shell=True, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)},
+    )
+    assert child.stdout.splitlines()[0].startswith("| model")
+    assert "error" not in child.stderr.lower(), child.stderr
