@@ -576,6 +576,7 @@ def main(argv=None):
         log_filter = _NativeLogFilter()
     try:
         result = args.handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside the try
     except BrokenPipeError:  # the reader went away (`keras-vit models | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
