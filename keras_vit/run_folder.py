@@ -394,6 +394,19 @@ def resolve_model_path(path) -> str:
     return path
 
 
+def load_model(path):
+    """The Keras model that ``path`` names (a ``.keras`` file or a run folder), for inference.
+
+    keras_vit's classes are registered first, so this works from the command line too,
+    where ``import keras_vit`` loads nothing eagerly. Not compiled: the optimizer is not needed.
+    """
+    import keras
+
+    from keras_vit.core import models  # noqa: F401  (registers the layers and the model)
+
+    return keras.saving.load_model(resolve_model_path(path), compile=False)
+
+
 def of_model(path) -> RunFolder:
     """The run folder that holds the model ``path`` names (a ``.keras`` file or a run folder)."""
     return RunFolder(os.path.dirname(os.path.abspath(resolve_model_path(path))))

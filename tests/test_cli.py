@@ -164,3 +164,23 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=300) == 0
     assert "error" not in stderr.lower() and "Exception" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_commands_that_load_a_keras_file_work_in_a_fresh_process(tmp_path):
+    # The command imports keras_vit lazily: each command must register the classes it loads.
+    from conftest import randomize, tiny_vit
+
+    model = randomize(tiny_vit(image_size=28, patch_size=7, channels=1, num_classes=10))
+    model.save(tmp_path / "model.keras")
+    digit = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(digit)
+    model_path = str(tmp_path / "model.keras")
+    for argv in (["visualize", model_path, str(digit), "--output", str(tmp_path / "figures")],
+                 ["predict", model_path, str(digit), "--json"],
+                 ["evaluate", model_path, "--json"]):
+        child = _keras_vit(*argv)
+        assert child.returncode == 0, (argv, child.stderr[-2000:])
+    assert (tmp_path / "figures" / "attention_rollout.png").is_file()

@@ -62,11 +62,7 @@ def load_keras_model(path):
         FileNotFoundError: when there is no such file.
         ValueError: when the path is not a ``.keras`` file or run folder.
     """
-    import keras
-
-    from keras_vit.core import models  # noqa: F401  (registers the layers for deserialisation)
-
-    return keras.saving.load_model(run_folder.resolve_model_path(path), compile=False)
+    return run_folder.load_model(path)
 
 
 def parse_class_names(spec, num_classes):

@@ -178,7 +178,7 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
         saved = run.training_config()
         if saved is not None:
             config = TrainConfig.from_dict(saved, source=run.config_path)
-    model = keras.saving.load_model(model_path, compile=False)
+    model = run_folder.load_model(model_path)
     if config is None:
         config = TrainConfig()
     if isinstance(model, VisionTransformer):

@@ -108,7 +108,7 @@ def resolve_model(model_or_path):
     elif not os.path.exists(path):
         raise FileNotFoundError(f"No model at {path!r}: expected a .keras file, a run folder or a .npz checkpoint.")
     if path.endswith(".keras"):
-        return keras.saving.load_model(path)
+        return run_folder.load_model(path)
     if path.endswith(".npz"):
         from keras_vit.weights.npz import from_npz  # noqa: PLC0415  (keeps import light)
 
