@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from typing import Optional, Tuple
 
@@ -86,16 +87,31 @@ def as_pair(value, name: str) -> Tuple[int, int]:
     return pair
 
 
-def _is_int(value, minimum=1) -> bool:
+# The value checks and the wording of every "<name>=<value>; expected ..." refusal, shared
+# by the builders, the data pipelines and the training configuration.
+def is_int(value, minimum=1) -> bool:
+    """An int (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_rate(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+    return is_number(value) and 0 <= value < 1
 
 
-def _refuse(name, value, accepted):
+def refuse(name, value, accepted):
+    """Raises ``ValueError("<name>=<value>; expected <accepted>.")``."""
     raise ValueError(f"{name}={value!r}; expected {accepted}.")
+
+
+def did_you_mean(name, choices) -> str:
+    """`` (did you mean 'x'?)`` with the closest of ``choices`` to ``name``, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_architecture(
@@ -121,26 +137,26 @@ def check_architecture(
     """
     for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
                         ("mlp_dim", mlp_dim)):
-        if not _is_int(value):
-            _refuse(name, value, "a positive integer")
+        if not is_int(value):
+            refuse(name, value, "a positive integer")
     if hidden_size % num_heads:
-        _refuse("num_heads", num_heads, f"a divisor of hidden_size={hidden_size}")
+        refuse("num_heads", num_heads, f"a divisor of hidden_size={hidden_size}")
     patch = as_pair(patch_size, "patch_size")
     if image_size is not None:
         size = as_pair(image_size, "image_size")
         step = (patch[0] * stem_stride, patch[1] * stem_stride)
         if size[0] % step[0] or size[1] % step[1]:
-            _refuse("image_size", image_size, f"a positive multiple of patch_size={patch[0]}"
+            refuse("image_size", image_size, f"a positive multiple of patch_size={patch[0]}"
                     + (f" times the ResNet stem's stride {stem_stride}" if stem_stride > 1 else ""))
-    if not _is_int(channels):
-        _refuse("channels", channels, "a positive integer (3 for RGB, 1 for grayscale)")
+    if not is_int(channels):
+        refuse("channels", channels, "a positive integer (3 for RGB, 1 for grayscale)")
     if pooling not in POOLINGS:
-        _refuse("pooling", pooling, " or ".join(repr(p) for p in POOLINGS))
+        refuse("pooling", pooling, " or ".join(repr(p) for p in POOLINGS))
     for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout), ("drop_path_rate", drop_path_rate)):
         if not _is_rate(value):
-            _refuse(name, value, "a number in [0, 1)")
-    if representation_size is not None and not _is_int(representation_size):
-        _refuse("representation_size", representation_size, "a positive integer or None")
+            refuse(name, value, "a number in [0, 1)")
+    if representation_size is not None and not is_int(representation_size):
+        refuse("representation_size", representation_size, "a positive integer or None")
 
 
 # keras.applications' names for what keras_vit calls otherwise.
@@ -163,8 +179,7 @@ def refuse_unknown_arguments(function_name, given, accepted):
         if KERAS_APPLICATIONS_NAMES.get(name):
             reasons.append(f"{name!r} (keras.applications' name; keras_vit takes {KERAS_APPLICATIONS_NAMES[name]})")
             continue
-        close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
-        reasons.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        reasons.append(f"{name!r}" + did_you_mean(name, accepted))
     raise TypeError(
         f"{function_name}() got unexpected keyword argument(s) {', '.join(reasons)}; it accepts {sorted(accepted)}."
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import numpy as np
+
+from keras_vit.core.config import is_number, refuse
 
 EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "mnist5k.npz")
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -75,15 +76,7 @@ def _as_size(image_size):
         and all(isinstance(v, int) and v > 0 for v in image_size)
     ):
         return tuple(image_size)
-    _refuse("image_size", image_size, "an int or (height, width) of positive ints")
-
-
-def _refuse(name, value, accepted):
-    raise ValueError(f"{name}={value!r}; expected {accepted}.")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    refuse("image_size", image_size, "an int or (height, width) of positive ints")
 
 
 def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1.0, randaugment=None, mixup=None,
@@ -95,28 +88,28 @@ def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1
     """
     size = _as_size(image_size)
     if channels not in (1, 3) or isinstance(channels, bool):
-        _refuse("channels", channels, "1 (grayscale) or 3 (RGB)")
+        refuse("channels", channels, "1 (grayscale) or 3 (RGB)")
     if crop not in CROPS:
-        _refuse("crop", crop, f"one of {list(CROPS)}")
+        refuse("crop", crop, f"one of {list(CROPS)}")
     if not isinstance(flip, bool):
-        _refuse("flip", flip, "true or false")
-    if not (_is_number(eval_crop_fraction) and 0 < eval_crop_fraction <= 1):
-        _refuse("eval_crop_fraction", eval_crop_fraction, "a number in (0, 1]")
+        refuse("flip", flip, "true or false")
+    if not (is_number(eval_crop_fraction) and 0 < eval_crop_fraction <= 1):
+        refuse("eval_crop_fraction", eval_crop_fraction, "a number in (0, 1]")
     if randaugment is not None and not (
         isinstance(randaugment, (tuple, list))
         and len(randaugment) == 2
         and isinstance(randaugment[0], int)
         and not isinstance(randaugment[0], bool)
         and randaugment[0] >= 1
-        and _is_number(randaugment[1])
+        and is_number(randaugment[1])
         and 0 < randaugment[1] <= 1
     ):
-        _refuse("randaugment", randaugment, "null or [num_ops >= 1, magnitude in (0, 1]], e.g. [2, 0.5]")
+        refuse("randaugment", randaugment, "null or [num_ops >= 1, magnitude in (0, 1]], e.g. [2, 0.5]")
     for name, value in (("mixup", mixup), ("cutmix", cutmix)):
-        if value is not None and not (_is_number(value) and value > 0):
-            _refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
+        if value is not None and not (is_number(value) and value > 0):
+            refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
     if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
-        _refuse("batch_size", batch_size, "a positive integer")
+        refuse("batch_size", batch_size, "a positive integer")
     return size
 
 

@@ -15,13 +15,12 @@ work starts, naming the field, its value and what is accepted.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import math
 import os
 from typing import Dict, Optional
 
 from keras_vit import run_folder
+from keras_vit.core.config import did_you_mean, is_int, is_number, refuse
 
 RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -181,8 +180,7 @@ FIELD_SECTIONS = {field.name: section for section, cls in SECTIONS.items() for f
 def _unknown_fields_message(unknown, source):
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(key, list(FIELD_SECTIONS) + list(SECTIONS), n=1)
-        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        hints.append(repr(key) + did_you_mean(key, list(FIELD_SECTIONS) + list(SECTIONS)))
     return (
         f"Unknown field(s) {unknown} in {source}: {', '.join(hints)}; accepted sections {list(SECTIONS)} and "
         f"fields {list(FIELD_SECTIONS)}."
@@ -286,8 +284,7 @@ def _section_from_dict(section_cls, name, values, source):
     names = [field.name for field in dataclasses.fields(section_cls)]
     unknown = [key for key in values if str(key).replace("-", "_") not in names]
     if unknown:
-        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(key), names, n=1)) else "")
-                 for key in unknown]
+        hints = [repr(key) + did_you_mean(key, names) for key in unknown]
         raise ValueError(f"Unknown field(s) {unknown} in {source}: {', '.join(hints)}; the {name} section takes {names}.")
     return section_cls(**{str(key).replace("-", "_"): value for key, value in values.items()})
 
@@ -319,16 +316,8 @@ def load_config_file(path):
 
 
 # --------------------------------------------------------------------------- resolution and checks
-def _is_int(value, minimum=1):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _fail(field, value, accepted):
-    raise ValueError(f"Invalid configuration: {field}={value!r}; expected {accepted}.")
+    _checked(refuse, name=field, value=value, accepted=accepted)
 
 
 def _checked(check, **arguments):
@@ -377,7 +366,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             raise FileNotFoundError(f"Invalid configuration: {field}={folder!r} is not a folder.")
     if not isinstance(data.train_split, str) or not data.train_split:
         _fail("train_split", data.train_split, "a TFDS split such as 'train' or 'train[:90%]'")
-    if not (_is_number(data.validation_fraction) and 0 < data.validation_fraction < 1):
+    if not (is_number(data.validation_fraction) and 0 < data.validation_fraction < 1):
         _fail("validation_fraction", data.validation_fraction, "a number in (0, 1)")
     if not isinstance(data.download, bool):
         _fail("download", data.download, "true or false")
@@ -403,9 +392,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         model.image_size = 28 if digits else defaults.get("image_size", 224)
     if model.channels is None:
         model.channels = 1 if digits else 3
-    if not _is_int(model.patch_size):
+    if not is_int(model.patch_size):
         _fail("patch_size", model.patch_size, "a positive integer")
-    if not _is_int(model.image_size) or model.image_size % model.patch_size:
+    if not is_int(model.image_size) or model.image_size % model.patch_size:
         _fail("image_size", model.image_size, f"a positive multiple of patch_size={model.patch_size}")
     _checked(
         check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
@@ -434,15 +423,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     # optimization: the recipe
     if optimization.epochs is None:
         optimization.epochs = DEFAULT_EPOCHS
-    if not _is_int(optimization.epochs):
+    if not is_int(optimization.epochs):
         _fail("epochs", optimization.epochs, "a positive integer")
-    if not _is_int(optimization.batch_size):
+    if not is_int(optimization.batch_size):
         _fail("batch_size", optimization.batch_size, "a positive integer (images per replica)")
-    if optimization.steps_per_epoch is not None and not _is_int(optimization.steps_per_epoch):
+    if optimization.steps_per_epoch is not None and not is_int(optimization.steps_per_epoch):
         _fail("steps_per_epoch", optimization.steps_per_epoch, "a positive integer or null")
     if optimization.total_batch_size is not None:
         # Given by the user: it must be reachable, or it would be silently ignored.
-        if not _is_int(optimization.total_batch_size):
+        if not is_int(optimization.total_batch_size):
             _fail("total_batch_size", optimization.total_batch_size, "a positive integer or null")
         if optimization.total_batch_size < optimization.batch_size:
             _fail("total_batch_size", optimization.total_batch_size,
@@ -455,15 +444,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     for field in ("learning_rate", "weight_decay", "label_smoothing"):
         if getattr(optimization, field) is None:
             setattr(optimization, field, defaults[field])
-    if not (_is_number(optimization.learning_rate) and optimization.learning_rate > 0):
+    if not (is_number(optimization.learning_rate) and optimization.learning_rate > 0):
         _fail("learning_rate", optimization.learning_rate, "a positive number")
-    if not (_is_number(optimization.weight_decay) and optimization.weight_decay >= 0):
+    if not (is_number(optimization.weight_decay) and optimization.weight_decay >= 0):
         _fail("weight_decay", optimization.weight_decay, "a number >= 0")
-    if not (_is_number(optimization.label_smoothing) and 0 <= optimization.label_smoothing < 1):
+    if not (is_number(optimization.label_smoothing) and 0 <= optimization.label_smoothing < 1):
         _fail("label_smoothing", optimization.label_smoothing, "a number in [0, 1)")
-    if not (_is_number(optimization.warmup_epochs) and 0 <= optimization.warmup_epochs < optimization.epochs):
+    if not (is_number(optimization.warmup_epochs) and 0 <= optimization.warmup_epochs < optimization.epochs):
         _fail("warmup_epochs", optimization.warmup_epochs, f"a number in [0, epochs={optimization.epochs})")
-    if not (_is_number(optimization.clipnorm) and optimization.clipnorm >= 0):
+    if not (is_number(optimization.clipnorm) and optimization.clipnorm >= 0):
         _fail("clipnorm", optimization.clipnorm, "a number >= 0 (0 disables clipping)")
 
     # hardware
@@ -475,7 +464,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         hardware.jit_compile = "on" if hardware.jit_compile else "off"
     if hardware.jit_compile not in JIT_CHOICES:
         _fail("jit_compile", hardware.jit_compile, f"one of {list(JIT_CHOICES)}")
-    if not _is_int(hardware.seed, minimum=0):
+    if not is_int(hardware.seed, minimum=0):
         _fail("seed", hardware.seed, "an integer >= 0")
 
     # run
