@@ -12,7 +12,7 @@ The package, each layer importing only from those below it (checked by
     visualize      attention maps and rollout, the paper's figures
     training       configuration, recipes, callbacks, fit loop, multi-worker loop
     zoo            the variant registry: ViT("B/16"), ViTB16(...), published weights
-    weights        original .npz checkpoints in and out, downloads
+    weights        original .npz checkpoints, timm / Hugging Face repositories, in and out
     data           tf.data pipelines, preprocessing, image files, embedded MNIST
     run_folder     the only code that knows a run folder's files
     core           layers and the functional model (keras.ops only, any backend)
@@ -30,11 +30,13 @@ _API = {
     "ViTConfig": "keras_vit.core.config",
     "decode_variant": "keras_vit.core.config",
     **dict.fromkeys(
-        ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "SelfAttention", "TokenPooling", "TransformerBlock"],
+        ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "PixelNormalization", "SelfAttention", "TokenGrid",
+         "TokenPooling", "TransformerBlock"],
         "keras_vit.core.layers",
     ),
     "VisionTransformer": "keras_vit.core.models",
     "forward_flops": "keras_vit.core.models",
+    "feature_extractor": "keras_vit.core.models",
     **dict.fromkeys(
         ["ViT", "ViTTi16", "ViTS16", "ViTS32", "ViTB8", "ViTB16", "ViTB32", "ViTL16", "ViTL32", "ViTH14", "ViTR_Ti16",
          "ViTR26_S32", "ViTR26_B32", "ViTR50_B16", "ViTR50_L32", "list_models", "list_weights", "published_weights",
@@ -42,6 +44,7 @@ _API = {
         "keras_vit.zoo",
     ),
     **dict.fromkeys(["from_npz", "load_npz", "save_npz"], "keras_vit.weights.npz"),
+    **dict.fromkeys(["from_pretrained", "save_pretrained"], "keras_vit.weights.hub"),
     **dict.fromkeys(
         ["attention_maps", "attention_rollout", "embedding_filters", "mean_attention_distance",
          "position_embedding_similarity", "upsample_heatmap"],

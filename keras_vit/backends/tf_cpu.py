@@ -70,6 +70,18 @@ def active(compute_dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def onednn_enabled() -> bool:
+    """Whether TensorFlow's oneDNN graph rewrites run (on x86 CPUs with AVX-512 by default).
+
+    Without them the fused forms still run, as Eigen's ``_FusedMatMul`` and
+    ``FusedBatchNormV3`` kernels, but the GELU stays a separate op.
+    """
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+@functools.lru_cache(maxsize=None)
 def _has_gpu() -> bool:
     # The fusions are oneDNN's (CPU); cuDNN's batch norm also refuses epsilon < 1e-5.
     # Cached: logical devices are fixed once TensorFlow has started, and eager calls
@@ -289,6 +301,9 @@ def block_applies(block, x) -> bool:
     return (
         len(x.shape) == 3
         and getattr(x, "_keras_mask", None) is None
+        # The fused kernels compute the original's block: tanh GELU, no LayerScale.
+        and getattr(block, "gelu", "tanh") == "tanh"
+        and getattr(block, "layer_scale_init", None) is None
         and layer_norm_applies(block.norm_1, x)
         and layer_norm_applies(block.norm_2, x)
         and _attention_applies(block.attention)

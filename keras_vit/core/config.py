@@ -33,6 +33,10 @@ HYBRIDS = {
 
 POOLINGS = ("token", "gap")
 POSITION_EMBEDDINGS = ("learned", "learned_2d", "sincos2d", "none")
+GELUS = ("tanh", "exact")  # the original's approximation; timm's and Hugging Face's erf form
+# How learned position embeddings move to another grid: the original's corner-aligned
+# linear zoom, timm's antialiased bicubic.
+POSITION_RESAMPLINGS = ("bilinear", "bicubic")
 
 _VARIANT_RE = re.compile(r"^(Ti|S|B|L|H)/(\d+)$")
 
@@ -129,6 +133,19 @@ def check_architecture(
     drop_path_rate=0.0,
     representation_size=None,
     stem_stride=1,
+    layer_norm_epsilon=1e-6,
+    gelu="tanh",
+    layer_scale_init=None,
+    num_register_tokens=0,
+    distillation_token=False,
+    norm_after_pooling=False,
+    patch_position_embedding_only=False,
+    include_preprocessing=False,
+    pixel_mean=None,
+    pixel_std=None,
+    dynamic_image_size=False,
+    position_resampling="bilinear",
+    position_embedding="learned",
 ):
     """Checks a Vision Transformer's arguments before anything is built.
 
@@ -157,6 +174,35 @@ def check_architecture(
             refuse(name, value, "a number in [0, 1)")
     if representation_size is not None and not is_int(representation_size):
         refuse("representation_size", representation_size, "a positive integer or None")
+    if not (is_number(layer_norm_epsilon) and layer_norm_epsilon > 0):
+        refuse("layer_norm_epsilon", layer_norm_epsilon, "a positive number (1e-6 in the original and timm)")
+    if gelu not in GELUS:
+        refuse("gelu", gelu, " or ".join(repr(g) for g in GELUS))
+    if layer_scale_init is not None and not (is_number(layer_scale_init) and layer_scale_init > 0):
+        refuse("layer_scale_init", layer_scale_init, "None or a positive number (timm's init_values)")
+    if not is_int(num_register_tokens, minimum=0):
+        refuse("num_register_tokens", num_register_tokens, "an integer >= 0")
+    for name, value in (("distillation_token", distillation_token), ("norm_after_pooling", norm_after_pooling),
+                        ("patch_position_embedding_only", patch_position_embedding_only),
+                        ("include_preprocessing", include_preprocessing), ("dynamic_image_size", dynamic_image_size)):
+        if not isinstance(value, bool):
+            refuse(name, value, "True or False")
+    if distillation_token and pooling != "token":
+        refuse("distillation_token", distillation_token, "False with pooling='gap' (DeiT's heads read the class and distillation tokens)")
+    if distillation_token and representation_size:
+        refuse("distillation_token", distillation_token, "False with a representation_size (DeiT has no pre-logits layer)")
+    for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        if value is None:
+            continue
+        if not (isinstance(value, (tuple, list)) and len(value) in (1, channels if is_int(channels) else 3)
+                and all(is_number(v) for v in value)) or (name == "pixel_std" and min(value) <= 0):
+            refuse(name, value, f"{channels} numbers (per channel, of pixels scaled to [0, 1])"
+                   + (", each positive" if name == "pixel_std" else ""))
+    if position_resampling not in POSITION_RESAMPLINGS:
+        refuse("position_resampling", position_resampling, " or ".join(repr(r) for r in POSITION_RESAMPLINGS))
+    if dynamic_image_size and position_embedding not in ("learned", "none"):
+        refuse("dynamic_image_size", dynamic_image_size,
+               f"False with position_embedding={position_embedding!r} (only learned embeddings are resampled)")
 
 
 # keras.applications' names for what keras_vit calls otherwise.

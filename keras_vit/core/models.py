@@ -23,7 +23,16 @@ from keras_vit.core.config import (
     check_architecture,
     refuse_unknown_arguments,
 )
-from keras_vit.core.layers import LAYER_NORM_EPSILON, LayerNorm, Patches, PatchEncoder, TokenPooling, TransformerBlock
+from keras_vit.core.layers import (
+    LAYER_NORM_EPSILON,
+    LayerNorm,
+    Patches,
+    PatchEncoder,
+    PixelNormalization,
+    TokenGrid,
+    TokenPooling,
+    TransformerBlock,
+)
 
 
 @contextlib.contextmanager
@@ -71,6 +80,31 @@ class VisionTransformer(keras.Model):
             original (train with ``from_logits=True``), ``"softmax"`` probabilities.
         position_embedding: ``"learned"``, ``"learned_2d"``, ``"sincos2d"`` or ``"none"``.
         resnet: None, or (stage sizes, width factor) for a hybrid ResNet v2 stem.
+        layer_norm_epsilon: epsilon of every LayerNorm (1e-6: the original, timm; 1e-12:
+            Hugging Face's ViT).
+        gelu: ``"tanh"`` (the original's approximation) or ``"exact"`` (timm, Hugging Face).
+        layer_scale_init: None, or LayerScale's initial value (timm's ``init_values``).
+        num_register_tokens: register tokens after the class token (timm's ``reg_tokens``).
+        distillation_token: DeiT's distillation token and second head ``head_dist``; the
+            output is the mean of both heads, or both heads' logits while training once
+            ``model.distilled_training = True`` (timm's ``set_distilled_training``).
+        norm_after_pooling: the final LayerNorm on the pooled vector (``fc_norm``) instead
+            of on the tokens before pooling (``encoder_norm``).
+        patch_position_embedding_only: learned position embeddings on the patches only, not
+            on the prefix tokens (timm's ``no_embed_class``).
+        include_preprocessing: the model takes pixels in [0, 255] (uint8 or float) and
+            applies ``(pixels / 255 - pixel_mean) / pixel_std`` itself, as
+            keras.applications' ``include_preprocessing``.
+        pixel_mean, pixel_std: the checkpoint's normalisation, per channel of pixels scaled
+            to [0, 1]; None is 0.5 for each channel, the original's ``x / 127.5 - 1``
+            (ImageNet's mean and std for DeiT).
+        dynamic_image_size: the model takes any height and width that are multiples of the
+            patch size; the learned position embeddings, stored for ``image_size``, are
+            resampled in the graph to each input's grid.
+        position_resampling: how they are resampled: ``"bilinear"`` (the original's
+            loader) or ``"bicubic"`` (timm's).
+        class_names: None, or the head's class names (one per class), saved with the
+            model and used by export and predict (checkpoints' ``id2label``).
         name: model name.
     """
 
@@ -94,6 +128,19 @@ class VisionTransformer(keras.Model):
         classifier_activation=None,
         position_embedding="learned",
         resnet=None,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        gelu="tanh",
+        layer_scale_init=None,
+        num_register_tokens=0,
+        distillation_token=False,
+        norm_after_pooling=False,
+        patch_position_embedding_only=False,
+        include_preprocessing=False,
+        pixel_mean=None,
+        pixel_std=None,
+        dynamic_image_size=False,
+        position_resampling="bilinear",
+        class_names=None,
         dtype=None,
         name="vit",
         **kwargs,
@@ -118,8 +165,24 @@ class VisionTransformer(keras.Model):
                 hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
                 patch_size=patch_size, channels=channels, pooling=pooling, dropout=dropout,
                 attention_dropout=attention_dropout, drop_path_rate=drop_path_rate,
-                representation_size=representation_size,
+                representation_size=representation_size, layer_norm_epsilon=layer_norm_epsilon, gelu=gelu,
+                layer_scale_init=layer_scale_init, num_register_tokens=num_register_tokens,
+                distillation_token=distillation_token, norm_after_pooling=norm_after_pooling,
+                patch_position_embedding_only=patch_position_embedding_only,
+                include_preprocessing=include_preprocessing, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                dynamic_image_size=dynamic_image_size, position_resampling=position_resampling,
+                position_embedding=position_embedding,
             )
+            pixel_mean = (0.5,) * channels if pixel_mean is None else tuple(float(m) for m in pixel_mean)
+            pixel_std = (0.5,) * channels if pixel_std is None else tuple(float(v) for v in pixel_std)
+            if class_names is not None:
+                if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names) or (
+                    include_top and len(class_names) != num_classes
+                ):
+                    raise ValueError(
+                        f"class_names={class_names!r}; expected None or {num_classes} strings, one per class of the head."
+                    )
+                class_names = tuple(class_names)
             if resnet is not None:
                 stages, width_factor = resnet
                 resnet = (tuple(int(s) for s in stages), float(width_factor))
@@ -139,18 +202,26 @@ class VisionTransformer(keras.Model):
                 )
             grid_size = (image_size[0] // step[0], image_size[1] // step[1])
 
-            images = keras.Input((image_size[0], image_size[1], channels), name="images")
+            spatial = (None, None) if dynamic_image_size else image_size
+            images = keras.Input((spatial[0], spatial[1], channels), name="images")
             x = images
+            if include_preprocessing:
+                x = PixelNormalization(pixel_mean, pixel_std, name="preprocessing")(x)
             if resnet is not None:
                 x = hybrid.resnet_stem(x, *resnet)
-            x = Patches(patch_size, name="patches")(x)
-            x = PatchEncoder(
+            x = Patches(patch_size, flatten=not dynamic_image_size, name="patches")(x)
+            encoder = PatchEncoder(
                 hidden_size,
                 grid_size,
                 use_class_token=pooling == "token",
                 position_embedding=position_embedding,
+                distillation_token=distillation_token,
+                num_register_tokens=num_register_tokens,
+                patch_position_embedding_only=patch_position_embedding_only,
+                position_resampling=position_resampling if dynamic_image_size else None,
                 name="embedding",
-            )(x)
+            )
+            x = encoder(x)
             x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
             for i in range(num_layers):
                 rate = drop_path_rate * i / max(num_layers - 1, 1)
@@ -160,22 +231,35 @@ class VisionTransformer(keras.Model):
                     dropout=dropout,
                     attention_dropout=attention_dropout,
                     drop_path_rate=rate,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    gelu=gelu,
+                    layer_scale_init=layer_scale_init,
                     name=f"encoderblock_{i}",
                 )(x)
-            x = LayerNorm(epsilon=LAYER_NORM_EPSILON, name="encoder_norm")(x)
-            x = TokenPooling(pooling, name="pool")(x)
+            if not norm_after_pooling:
+                x = LayerNorm(epsilon=layer_norm_epsilon, name="encoder_norm")(x)
+            tokens = x
+            x = TokenPooling(pooling, num_prefix_tokens=encoder.num_prefix_tokens, name="pool")(tokens)
+            if norm_after_pooling:
+                x = LayerNorm(epsilon=layer_norm_epsilon, name="fc_norm")(x)
             if representation_size:
                 x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
+            heads = None
+            if distillation_token:
+                distilled = TokenPooling("token", token_index=1, name="pool_dist")(tokens)
             if include_top:
-                # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
-                x = keras.layers.Dense(
-                    num_classes,
-                    activation=classifier_activation,
-                    kernel_initializer="zeros",
-                    name="head",
-                    dtype="float32",
-                )(x)
+                x = self._head(num_classes, classifier_activation, "head")(x)
+                if distillation_token:
+                    heads = (x, self._head(num_classes, classifier_activation, "head_dist")(distilled))
+                    x = keras.layers.Average(name="heads_mean", dtype="float32")(list(heads))
+            elif distillation_token:
+                x = keras.layers.Average(name="tokens_mean")([x, distilled])  # timm's pre-logits of DeiT
             super().__init__(inputs=images, outputs=x, name=name, **kwargs)
+            # Both heads' outputs, for DeiT's distillation loss; a model of its own that
+            # shares the layers, kept out of Keras's tracking so its weights are saved once.
+            object.__setattr__(
+                self, "_both_heads", None if heads is None else keras.Model(images, list(heads), name=f"{name}_heads")
+            )
         self.dtype_policy_name = policy.name
 
         self.image_size = image_size
@@ -195,10 +279,34 @@ class VisionTransformer(keras.Model):
         self.classifier_activation = classifier_activation
         self.position_embedding = position_embedding
         self.resnet = resnet
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.gelu = gelu
+        self.layer_scale_init = layer_scale_init
+        self.num_register_tokens = num_register_tokens
+        self.distillation_token = distillation_token
+        self.norm_after_pooling = norm_after_pooling
+        self.patch_position_embedding_only = patch_position_embedding_only
+        self.include_preprocessing = include_preprocessing
+        self.pixel_mean = pixel_mean
+        self.pixel_std = pixel_std
+        self.dynamic_image_size = dynamic_image_size
+        self.position_resampling = position_resampling
+        self.class_names = class_names
         self.grid_size = grid_size
+        self.num_prefix_tokens = encoder.num_prefix_tokens
+        self.distilled_training = False
+
+    @staticmethod
+    def _head(num_classes, activation, name):
+        # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
+        return keras.layers.Dense(
+            num_classes, activation=activation, kernel_initializer="zeros", name=name, dtype="float32"
+        )
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         self._check_images(inputs)
+        if training and self.distilled_training and self._both_heads is not None:
+            return tuple(self._both_heads(inputs, training=training))  # (class head, distillation head)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     # Keras's own steps (fit, evaluate, predict and the *_on_batch calls) trace with the
@@ -217,7 +325,7 @@ class VisionTransformer(keras.Model):
 
     def _check_images(self, images):
         dtype = getattr(images, "dtype", None)
-        if dtype is not None and "int" in keras.backend.standardize_dtype(dtype):
+        if dtype is not None and "int" in keras.backend.standardize_dtype(dtype) and not self.include_preprocessing:
             # 0-255 pixels fed as they are would be classified, wrongly, without a word.
             raise ValueError(
                 f"{self.name} takes float images scaled to [-1, 1]; received {keras.backend.standardize_dtype(dtype)} "
@@ -225,14 +333,25 @@ class VisionTransformer(keras.Model):
             )
         shape = tuple(getattr(images, "shape", ()))
         expected = (self.image_size[0], self.image_size[1], self.channels)
+        scaled = "pixels in [0, 255]" if self.include_preprocessing else "scaled to [-1, 1]"
+        if self.dynamic_image_size:
+            step = self.patch_size  # times the stem's stride for hybrids: checked by the layers
+            if len(shape) != 4 or shape[3] not in (None, self.channels) or any(
+                got is not None and got % unit for got, unit in zip(shape[1:3], step)
+            ):
+                raise ValueError(
+                    f"{self.name} expects images of shape (batch, height, width, {self.channels}), height "
+                    f"and width multiples of the patch size {step[0]}x{step[1]}, {scaled}; received shape {shape}."
+                )
+            return
         if len(shape) != 4 or any(
             got is not None and got != want for got, want in zip(shape[1:], expected)
         ):
             raise ValueError(
                 f"{self.name} expects images of shape (batch, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}) ({expected[2]} channel{'s' if expected[2] > 1 else ''}), scaled "
-                f"to [-1, 1]; received shape {shape}. Resize the images, or build the model "
-                f"with image_size=/channels= to match them."
+                f"{expected[2]}) ({expected[2]} channel{'s' if expected[2] > 1 else ''}), {scaled}; "
+                f"received shape {shape}. Resize the images, or build the model "
+                f"with image_size=/channels= to match them (or dynamic_image_size=True)."
             )
 
     def get_config(self):
@@ -254,6 +373,19 @@ class VisionTransformer(keras.Model):
             "classifier_activation": self.classifier_activation,
             "position_embedding": self.position_embedding,
             "resnet": self.resnet,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "gelu": self.gelu,
+            "layer_scale_init": self.layer_scale_init,
+            "num_register_tokens": self.num_register_tokens,
+            "distillation_token": self.distillation_token,
+            "norm_after_pooling": self.norm_after_pooling,
+            "patch_position_embedding_only": self.patch_position_embedding_only,
+            "include_preprocessing": self.include_preprocessing,
+            "pixel_mean": self.pixel_mean,
+            "pixel_std": self.pixel_std,
+            "dynamic_image_size": self.dynamic_image_size,
+            "position_resampling": self.position_resampling,
+            "class_names": None if self.class_names is None else list(self.class_names),
             "dtype": self.dtype_policy_name,
             "name": self.name,
         }
@@ -261,8 +393,9 @@ class VisionTransformer(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("image_size", "patch_size"):
-            config[key] = tuple(config[key])
+        for key in ("image_size", "patch_size", "pixel_mean", "pixel_std"):
+            if key in config:
+                config[key] = tuple(config[key])
         if config.get("resnet") is not None:
             stages, width_factor = config["resnet"]
             config["resnet"] = (tuple(stages), width_factor)
@@ -289,6 +422,55 @@ def forward_flops(model: VisionTransformer) -> int:
         elif isinstance(layer, hybrid.BottleneckUnit):
             flops += layer.flops(layer.input.shape)
     return flops
+
+
+def feature_extractor(model: VisionTransformer, layers=None, *, norm: bool = False, name=None) -> keras.Model:
+    """A backbone for dense tasks: the chosen blocks' tokens as (B, grid_h, grid_w, D) maps.
+
+    The class, distillation and register tokens are removed and the patch tokens laid out on
+    their grid, as timm's ``forward_intermediates`` returns them (channels last). The result
+    is a functional Keras model sharing ``model``'s layers (and weights); it saves and
+    reloads, and follows the input size of a model with ``dynamic_image_size``.
+
+    Args:
+        model: a :class:`VisionTransformer`.
+        layers: None for every block; an int n for the last n blocks; or a list of block
+            indices (negative counts from the end).
+        norm: apply the model's final LayerNorm to each map (timm's ``norm=True``).
+        name: the feature model's name (default ``"<model>_features"``).
+
+    Returns:
+        A ``keras.Model`` from the model's images to a list of maps, one per chosen block.
+    """
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"feature_extractor takes a keras_vit VisionTransformer; got {type(model).__name__}.")
+    count = model.num_layers
+    if layers is None:
+        indices = list(range(count))
+    elif isinstance(layers, int) and not isinstance(layers, bool):
+        if not 1 <= layers <= count:
+            raise ValueError(f"layers={layers}; expected a count of last blocks in [1, {count}] or a list of indices.")
+        indices = list(range(count - layers, count))
+    else:
+        indices = []
+        for index in layers:
+            if not isinstance(index, int) or isinstance(index, bool) or not -count <= index < count:
+                raise ValueError(f"layers={list(layers)}: {index!r} is not a block index of a {count}-block model.")
+            indices.append(index % count)
+    if norm and not any(layer.name == "encoder_norm" for layer in model.layers):
+        raise ValueError(f"{model.name} has no encoder_norm (its norm follows pooling); use norm=False.")
+    stride = model.patch_size
+    if model.resnet is not None:
+        step = hybrid.stem_stride(model.resnet[0])
+        stride = (stride[0] * step, stride[1] * step)
+    images = model.input
+    maps = []
+    for index in indices:
+        tokens = model.get_layer(f"encoderblock_{index}").output
+        if norm:
+            tokens = model.get_layer("encoder_norm")(tokens)
+        maps.append(TokenGrid(model.num_prefix_tokens, stride, name=f"features_{index}")(tokens, images))
+    return keras.Model(images, maps, name=name or f"{model.name}_features")
 
 
 # What VisionTransformer(...) takes: its own arguments and Keras's ``trainable``.

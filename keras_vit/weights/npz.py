@@ -110,6 +110,11 @@ def checkpoint_layout(model: VisionTransformer) -> Dict[str, tuple]:
     add("embedding/bias", encoder.projection.bias)
     if encoder.use_class_token:
         add("cls", encoder.cls)
+    # Beyond the published layout (timm/DeiT models read into this layout by keras_vit.weights.hub).
+    if encoder.distillation_token:
+        add("dist", encoder.dist_token)
+    if encoder.num_register_tokens:
+        add("reg", encoder.registers)
     if encoder.position_embedding == "learned":
         add(POS_EMBEDDING_KEY, encoder.pos_embedding)
     elif encoder.position_embedding == "learned_2d":
@@ -133,9 +138,15 @@ def checkpoint_layout(model: VisionTransformer) -> Dict[str, tuple]:
         for name, dense in (("Dense_0", block.mlp.dense_0), ("Dense_1", block.mlp.dense_1)):
             add(f"{prefix}/MlpBlock_3/{name}/kernel", dense.kernel)
             add(f"{prefix}/MlpBlock_3/{name}/bias", dense.bias)
-    add_norm("Transformer/encoder_norm", model.get_layer("encoder_norm"))
+        if block.layer_scale_1 is not None:
+            add(f"{prefix}/LayerScale_1/scale", block.layer_scale_1)
+            add(f"{prefix}/LayerScale_2/scale", block.layer_scale_2)
+    if _has_layer(model, "encoder_norm"):
+        add_norm("Transformer/encoder_norm", model.get_layer("encoder_norm"))
+    if _has_layer(model, "fc_norm"):
+        add_norm("fc_norm", model.get_layer("fc_norm"))
 
-    for name in ("pre_logits", "head"):
+    for name in ("pre_logits", "head", "head_dist"):
         if _has_layer(model, name):
             dense = model.get_layer(name)
             add(f"{name}/kernel", dense.kernel)
@@ -224,21 +235,23 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
     assignments = []
     errors = []
 
-    head_kernel = layout.get("head/kernel")
-    ckpt_head = params.get("head/kernel")
-    if head_kernel is not None and (
-        reset_head or (ckpt_head is not None and ckpt_head.shape != head_kernel[1])
-    ):
-        # Fine-tuning as the original: a fresh zero-initialised head.
-        if ckpt_head is not None:
-            logger.warning("Head %s replaced by a zero-initialised %s (a new head, as fine-tuning starts).",
-                           ckpt_head.shape, head_kernel[1])
-        for key in HEAD_KEYS:
-            variable = layout.pop(key)[0]
-            assignments.append((variable, np.zeros(variable.shape, variable.dtype)))
-            consumed.add(key)
-    if "head/kernel" not in layout:  # no head in the model (include_top=False) or reset above
-        consumed.update(k for k in HEAD_KEYS if k in params)
+    for head in ("head", "head_dist"):
+        keys = (f"{head}/kernel", f"{head}/bias")
+        head_kernel = layout.get(keys[0])
+        ckpt_head = params.get(keys[0])
+        if head_kernel is not None and (
+            reset_head or (ckpt_head is not None and ckpt_head.shape != head_kernel[1])
+        ):
+            # Fine-tuning as the original: a fresh zero-initialised head.
+            if ckpt_head is not None:
+                logger.warning("%s %s replaced by a zero-initialised %s (a new head, as fine-tuning starts).",
+                               head.capitalize(), ckpt_head.shape, head_kernel[1])
+            for key in keys:
+                variable = layout.pop(key)[0]
+                assignments.append((variable, np.zeros(variable.shape, variable.dtype)))
+                consumed.add(key)
+        if keys[0] not in layout:  # no head in the model (include_top=False) or reset above
+            consumed.update(k for k in keys if k in params)
     if "pre_logits/kernel" not in layout and "pre_logits/kernel" in params:
         logger.warning("Checkpoint's pre_logits layer dropped: the model has no representation layer.")
         consumed.update(PRE_LOGITS_KEYS)

@@ -1,0 +1,698 @@
+"""Vision Transformer weights in timm's and Hugging Face transformers' layouts, in and out.
+
+A hub repository (a local folder, or ``hf://<org>/<name>`` fetched with ``huggingface_hub``)
+holds ``config.json`` and ``model.safetensors``. timm's config has ``architecture`` and
+``pretrained_cfg`` (and often ``model_args``); Hugging Face's has ``model_type: "vit"``. The
+tensors are renamed and transposed into the published ``.npz`` layout and loaded by the same
+strict loader as the original checkpoints (:mod:`keras_vit.weights.npz`): an unknown key, a
+missing weight or a shape mismatch names the key and both shapes, and nothing is assigned.
+
+What each library computes is kept: exact GELU, its LayerNorm epsilon (1e-6 timm, the
+config's for Hugging Face, 1e-12 by default), its normalisation (``pretrained_cfg`` mean/std,
+``preprocessor_config.json``), timm's position-embedding resampling (antialiased bicubic),
+the class names of the checkpoint (``id2label``, timm's ``label_names``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Dict, Optional
+
+import numpy as np
+
+from keras_vit.core.config import as_pair
+from keras_vit.core.layers import resample_grid
+from keras_vit.core.models import VisionTransformer
+from keras_vit.weights import npz
+
+logger = logging.getLogger(__name__)
+
+HF_PREFIX = "hf://"
+WEIGHTS_FILENAME = "model.safetensors"
+CONFIG_FILENAME = "config.json"
+PREPROCESSOR_FILENAME = "preprocessor_config.json"
+FORMATS = ("timm", "huggingface")
+
+# timm's size names -> attention heads, where a hub config has no model_args (most AugReg
+# and DeiT repositories): the paper's widths with 64-wide heads, Huge with 80.
+_TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
+
+# --------------------------------------------------------------------------- reading files
+def _read_json(path):
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path!r} is not valid JSON ({error}).") from error
+
+
+def read_safetensors(path) -> Dict[str, np.ndarray]:
+    """``{name: array}`` of a ``.safetensors`` file (float16/bfloat16 tensors as float32)."""
+    from safetensors import safe_open
+
+    tensors = {}
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as file:
+            for key in file.keys():
+                tensors[key] = file.get_tensor(key)
+    except Exception as error:  # safetensors raises its own error types for torn or foreign files
+        raise ValueError(f"{os.fspath(path)!r} is not a readable .safetensors file ({error}).") from error
+    return {key: value.astype("float32") if value.dtype.kind == "f" else value for key, value in tensors.items()}
+
+
+def resolve_source(source, *, cache_dir=None) -> str:
+    """The local folder of ``source``: a folder as it is, ``hf://org/name`` downloaded (cached)."""
+    source = os.fspath(source)
+    if not source.startswith(HF_PREFIX):
+        if not os.path.isdir(source):
+            raise FileNotFoundError(
+                f"{source!r} is not a folder; expected a folder holding {CONFIG_FILENAME} and "
+                f"{WEIGHTS_FILENAME} (a timm or Hugging Face repository), an .npz file, or hf://<org>/<name>."
+            )
+        return source
+    repo_id = source[len(HF_PREFIX):].strip("/")
+    if repo_id.count("/") != 1:
+        raise ValueError(f"{source!r}: expected hf://<org>/<name>, e.g. hf://timm/vit_base_patch16_224.augreg2_in21k_ft_in1k.")
+    try:
+        import huggingface_hub
+    except ImportError as error:
+        raise ImportError(
+            f"Downloading {source} needs huggingface_hub: pip install 'keras-vit[hub]' (or download the "
+            f"repository's {CONFIG_FILENAME} and {WEIGHTS_FILENAME} and pass their folder)."
+        ) from error
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=["*.json", WEIGHTS_FILENAME], cache_dir=cache_dir
+        )
+    except Exception as error:  # offline, unknown repository, gated repository: one message
+        cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+        raise OSError(
+            f"Cannot download {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            f"Offline, put its {CONFIG_FILENAME}, {WEIGHTS_FILENAME} (and {PREPROCESSOR_FILENAME} if any) "
+            f"in a folder and pass that folder, or fill the cache at {cache}."
+        ) from error
+
+
+def detect_format(config: dict, folder) -> str:
+    """``"timm"`` or ``"huggingface"`` from a repository's ``config.json``."""
+    if "architecture" in config or "pretrained_cfg" in config:
+        return "timm"
+    if config.get("model_type") == "vit":
+        return "huggingface"
+    raise ValueError(
+        f"{os.path.join(folder, CONFIG_FILENAME)!r} is neither timm's (an 'architecture' key) nor "
+        f"Hugging Face's ViT (model_type 'vit'; got model_type={config.get('model_type')!r})."
+    )
+
+
+# --------------------------------------------------------------------------- timm -> layout
+def _linear(weight):
+    return np.ascontiguousarray(weight.T)  # PyTorch (out, in) -> Keras (in, out)
+
+
+def _patch_kernel(weight):
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # (D, C, P, P) -> (P, P, C, D)
+
+
+def _attention(prefix, query, key, value, out_weight, out_bias, num_heads):
+    """The published layout of one attention layer from PyTorch (out, in) matrices."""
+    width = query[0].shape[1]
+    head_dim = width // num_heads
+    arrays = {}
+    for name, (weight, bias) in (("query", query), ("key", key), ("value", value)):
+        arrays[f"{prefix}/{name}/kernel"] = _linear(weight).reshape(width, num_heads, head_dim)
+        arrays[f"{prefix}/{name}/bias"] = bias.reshape(num_heads, head_dim)
+    arrays[f"{prefix}/out/kernel"] = _linear(out_weight).reshape(num_heads, head_dim, width)
+    arrays[f"{prefix}/out/bias"] = out_bias
+    return arrays
+
+
+def _norm(arrays, prefix, tensors, name):
+    arrays[f"{prefix}/scale"] = tensors.pop(f"{name}.weight")
+    arrays[f"{prefix}/bias"] = tensors.pop(f"{name}.bias")
+
+
+def _dense(arrays, prefix, tensors, name):
+    arrays[f"{prefix}/kernel"] = _linear(tensors.pop(f"{name}.weight"))
+    arrays[f"{prefix}/bias"] = tensors.pop(f"{name}.bias")
+
+
+def _pop_if(tensors, name):
+    return tensors.pop(name) if name in tensors else None
+
+
+def timm_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dict[str, np.ndarray]:
+    """timm ``VisionTransformer`` tensors -> the published layout (unknown names kept as they are)."""
+    tensors = dict(tensors)
+    arrays = {
+        "embedding/kernel": _patch_kernel(tensors.pop("patch_embed.proj.weight")),
+        "embedding/bias": tensors.pop("patch_embed.proj.bias"),
+    }
+    for name, key in (("cls_token", "cls"), ("dist_token", "dist"), ("reg_token", "reg"), ("pos_embed", npz.POS_EMBEDDING_KEY)):
+        if name in tensors:
+            arrays[key] = tensors.pop(name)
+    blocks = sorted({int(m.group(1)) for k in tensors if (m := re.match(r"^blocks\.(\d+)\.", k))})
+    for i in blocks:
+        source, prefix = f"blocks.{i}", f"Transformer/encoderblock_{i}"
+        qkv_weight = tensors.pop(f"{source}.attn.qkv.weight")
+        qkv_bias = _pop_if(tensors, f"{source}.attn.qkv.bias")
+        if qkv_bias is None:  # qkv_bias=False models: the layout's biases are zero
+            qkv_bias = np.zeros(qkv_weight.shape[0], qkv_weight.dtype)
+        weights, biases = np.split(qkv_weight, 3), np.split(qkv_bias, 3)  # query, key, value stacked
+        arrays.update(_attention(
+            f"{prefix}/MultiHeadDotProductAttention_1", *zip(weights, biases),
+            tensors.pop(f"{source}.attn.proj.weight"), tensors.pop(f"{source}.attn.proj.bias"), num_heads,
+        ))
+        _norm(arrays, f"{prefix}/LayerNorm_0", tensors, f"{source}.norm1")
+        _norm(arrays, f"{prefix}/LayerNorm_2", tensors, f"{source}.norm2")
+        _dense(arrays, f"{prefix}/MlpBlock_3/Dense_0", tensors, f"{source}.mlp.fc1")
+        _dense(arrays, f"{prefix}/MlpBlock_3/Dense_1", tensors, f"{source}.mlp.fc2")
+        for n in (1, 2):
+            gamma = _pop_if(tensors, f"{source}.ls{n}.gamma")
+            if gamma is not None:
+                arrays[f"{prefix}/LayerScale_{n}/scale"] = gamma
+    for name, prefix in (("norm", "Transformer/encoder_norm"), ("fc_norm", "fc_norm")):
+        if f"{name}.weight" in tensors:
+            _norm(arrays, prefix, tensors, name)
+    for name, prefix in (("pre_logits.fc", "pre_logits"), ("head", "head"), ("head_dist", "head_dist")):
+        if f"{name}.weight" in tensors:
+            _dense(arrays, prefix, tensors, name)
+    arrays.update(tensors)  # what nothing consumed: the strict loader names it
+    return arrays
+
+
+def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dict[str, np.ndarray]:
+    """Hugging Face ``ViTForImageClassification`` / ``ViTModel`` tensors -> the published layout."""
+    tensors = dict(tensors)
+    # ViTForImageClassification prefixes the backbone with "vit."; ViTModel does not.
+    base = "vit." if any(key.startswith("vit.") for key in tensors) else ""
+    arrays = {
+        "embedding/kernel": _patch_kernel(tensors.pop(f"{base}embeddings.patch_embeddings.projection.weight")),
+        "embedding/bias": tensors.pop(f"{base}embeddings.patch_embeddings.projection.bias"),
+        "cls": tensors.pop(f"{base}embeddings.cls_token"),
+        npz.POS_EMBEDDING_KEY: tensors.pop(f"{base}embeddings.position_embeddings"),
+    }
+    _pop_if(tensors, f"{base}embeddings.mask_token")  # masked-image-modeling only; unused by classification
+    layer_re = re.compile(rf"^{re.escape(base)}encoder\.layer\.(\d+)\.")
+    blocks = sorted({int(m.group(1)) for k in tensors if (m := layer_re.match(k))})
+    for i in blocks:
+        source, prefix = f"{base}encoder.layer.{i}", f"Transformer/encoderblock_{i}"
+        projections = [
+            (tensors.pop(f"{source}.attention.attention.{name}.weight"),
+             tensors.pop(f"{source}.attention.attention.{name}.bias"))
+            for name in ("query", "key", "value")
+        ]
+        arrays.update(_attention(
+            f"{prefix}/MultiHeadDotProductAttention_1", *projections,
+            tensors.pop(f"{source}.attention.output.dense.weight"), tensors.pop(f"{source}.attention.output.dense.bias"),
+            num_heads,
+        ))
+        _norm(arrays, f"{prefix}/LayerNorm_0", tensors, f"{source}.layernorm_before")
+        _norm(arrays, f"{prefix}/LayerNorm_2", tensors, f"{source}.layernorm_after")
+        _dense(arrays, f"{prefix}/MlpBlock_3/Dense_0", tensors, f"{source}.intermediate.dense")
+        _dense(arrays, f"{prefix}/MlpBlock_3/Dense_1", tensors, f"{source}.output.dense")
+    _norm(arrays, "Transformer/encoder_norm", tensors, f"{base}layernorm")
+    for name, prefix in ((f"{base}pooler.dense", "pre_logits"), ("classifier", "head")):
+        if f"{name}.weight" in tensors:
+            _dense(arrays, prefix, tensors, name)
+    arrays.update(tensors)
+    return arrays
+
+
+# --------------------------------------------------------------------------- configurations
+def _timm_arguments(config: dict, tensors) -> dict:
+    """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
+    model_args = dict(config.get("model_args") or {})
+    pretrained = config.get("pretrained_cfg") or {}
+    architecture = str(config.get("architecture", ""))
+    if not architecture.startswith(("vit_", "deit_", "deit3_")) or "hybrid" in architecture or "resnet" in architecture:
+        raise ValueError(
+            f"timm architecture {architecture!r} is not a plain Vision Transformer that keras_vit reads "
+            f"(vit_*, deit_*, deit3_*)."
+        )
+    patch_weight = tensors["patch_embed.proj.weight"]
+    hidden_size, channels, ph, pw = patch_weight.shape
+    num_heads = model_args.get("num_heads")
+    if num_heads is None:
+        size = next((word for word in _TIMM_HEADS if f"_{word}_" in f"_{architecture}_".replace("_patch", "__patch")), None)
+        if size is None:
+            raise ValueError(
+                f"Cannot tell the attention heads of timm architecture {architecture!r}: its config has no "
+                f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
+            )
+        num_heads = _TIMM_HEADS[size]
+    depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+    image_size = model_args.get("img_size") or (pretrained.get("input_size") or [channels, 224, 224])[1:]
+    global_pool = model_args.get("global_pool", config.get("global_pool", "token"))
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"timm global_pool={global_pool!r} is not supported; keras_vit pools 'token' or 'avg'.")
+    has_class_token = "cls_token" in tensors
+    if global_pool == "token" and not has_class_token:
+        raise ValueError("timm global_pool='token' without a cls_token: nothing to pool.")
+    grid = (as_pair(image_size, "img_size")[0] // ph) * (as_pair(image_size, "img_size")[1] // pw)
+    prefix = int(has_class_token) + int("dist_token" in tensors) + (
+        tensors["reg_token"].shape[1] if "reg_token" in tensors else 0
+    )
+    pos_tokens = tensors["pos_embed"].shape[1] if "pos_embed" in tensors else None
+    layer_scale = next((v for k, v in tensors.items() if k.endswith(".ls1.gamma")), None)
+    arguments = dict(
+        image_size=as_pair(image_size, "img_size"),
+        patch_size=(int(ph), int(pw)),
+        hidden_size=int(hidden_size),
+        num_layers=depth,
+        num_heads=int(num_heads),
+        mlp_dim=int(tensors["blocks.0.mlp.fc1.weight"].shape[0]),
+        channels=int(channels),
+        pooling="token" if global_pool == "token" else "gap",
+        representation_size=int(tensors["pre_logits.fc.weight"].shape[0]) if "pre_logits.fc.weight" in tensors else None,
+        position_embedding="learned" if pos_tokens is not None else "none",
+        layer_norm_epsilon=1e-6,
+        gelu="exact",
+        # The initial value matters only to a fresh model; the checkpoint's gammas replace it.
+        layer_scale_init=None if layer_scale is None else float(model_args.get("init_values") or 1e-5),
+        num_register_tokens=int(tensors["reg_token"].shape[1]) if "reg_token" in tensors else 0,
+        distillation_token="dist_token" in tensors,
+        norm_after_pooling="fc_norm.weight" in tensors,
+        patch_position_embedding_only=pos_tokens is not None and pos_tokens == grid and prefix > 0,
+        pixel_mean=tuple(pretrained.get("mean", (0.5, 0.5, 0.5))),
+        pixel_std=tuple(pretrained.get("std", (0.5, 0.5, 0.5))),
+        position_resampling="bicubic",
+    )
+    if "head.weight" in tensors:
+        arguments["num_classes"] = int(tensors["head.weight"].shape[0])
+    labels = config.get("label_names") or pretrained.get("label_names")
+    if labels and len(labels) == arguments.get("num_classes"):
+        arguments["class_names"] = tuple(str(label) for label in labels)
+    return arguments
+
+
+def _huggingface_arguments(config: dict, folder, tensors) -> dict:
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(
+            f"Hugging Face hidden_act={config.get('hidden_act')!r} is not supported; keras_vit's ViT uses 'gelu'."
+        )
+    preprocessor = {}
+    path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    if os.path.isfile(path):
+        preprocessor = _read_json(path)
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if preprocessor.get("do_normalize", True):
+        mean = tuple(preprocessor.get("image_mean", mean))
+        std = tuple(preprocessor.get("image_std", std))
+    else:
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    patch = config.get("patch_size", 16)
+    arguments = dict(
+        image_size=as_pair(config.get("image_size", 224), "image_size"),
+        patch_size=as_pair(patch, "patch_size"),
+        hidden_size=int(config.get("hidden_size", 768)),
+        num_layers=int(config.get("num_hidden_layers", 12)),
+        num_heads=int(config.get("num_attention_heads", 12)),
+        mlp_dim=int(config.get("intermediate_size", 3072)),
+        channels=int(config.get("num_channels", 3)),
+        pooling="token",
+        representation_size=next(
+            (int(value.shape[0]) for key, value in tensors.items() if key.endswith("pooler.dense.weight")), None
+        ),
+        layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)),
+        gelu="exact",
+        pixel_mean=mean,
+        pixel_std=std,
+        position_resampling="bicubic",
+    )
+    if "classifier.weight" in tensors:
+        arguments["num_classes"] = int(tensors["classifier.weight"].shape[0])
+        id2label = config.get("id2label") or {}
+        labels = [id2label.get(str(i)) for i in range(arguments["num_classes"])]
+        if all(labels):
+            arguments["class_names"] = tuple(labels)
+    return arguments
+
+
+def read_repository(source, *, cache_dir=None):
+    """``(format, VisionTransformer arguments, arrays in the published layout, folder)``."""
+    folder = resolve_source(source, cache_dir=cache_dir)
+    config_path = os.path.join(folder, CONFIG_FILENAME)
+    weights_path = os.path.join(folder, WEIGHTS_FILENAME)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{folder!r} has no {os.path.basename(path)}; a timm or Hugging Face repository holds "
+                f"{CONFIG_FILENAME} and {WEIGHTS_FILENAME} (.bin/.pth files are not read: convert them to safetensors)."
+            )
+    config = _read_json(config_path)
+    tensors = read_safetensors(weights_path)
+    kind = detect_format(config, folder)
+    try:
+        if kind == "timm":
+            arguments = _timm_arguments(config, tensors)
+            arrays = timm_to_layout(tensors, arguments["num_heads"])
+        else:
+            arguments = _huggingface_arguments(config, folder, tensors)
+            arrays = huggingface_to_layout(tensors, arguments["num_heads"])
+    except KeyError as error:
+        raise ValueError(
+            f"{weights_path!r} lacks tensor {error.args[0]!r} that a {kind} Vision Transformer has "
+            f"(it holds e.g. {sorted(tensors)[:6]})."
+        ) from error
+    return kind, arguments, arrays, folder
+
+
+# --------------------------------------------------------------------------- loading
+def resample_timm_position_embedding(posemb, old_grid, new_grid, num_prefix_tokens):
+    """timm's ``resample_abs_pos_embed``: prefix tokens kept, the grid resized by antialiased bicubic."""
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], -1)
+    resized = np.asarray(resample_grid(grid, new_grid, "bicubic")).reshape(1, new_grid[0] * new_grid[1], -1)
+    return np.concatenate([prefix, resized.astype(posemb.dtype)], axis=1)
+
+
+def from_pretrained(
+    source,
+    *,
+    include_top: bool = True,
+    num_classes: Optional[int] = None,
+    image_size=None,
+    include_preprocessing: bool = False,
+    cache_dir=None,
+    **kwargs,
+) -> VisionTransformer:
+    """Builds the Vision Transformer of a timm or Hugging Face repository and loads its weights.
+
+    Args:
+        source: a folder in timm's or Hugging Face's layout (``config.json`` +
+            ``model.safetensors``), ``hf://<org>/<name>`` (downloaded with huggingface_hub,
+            cached), or an original ``.npz`` file (see :func:`keras_vit.from_npz`).
+        include_top: False returns the pooled representation (timm's pre-logits).
+        num_classes: None keeps the checkpoint's head; another number gives a fresh
+            zero-initialised head (fine-tuning).
+        image_size: None uses the checkpoint's resolution; another size resamples the position
+            embeddings as the checkpoint's library does (timm: antialiased bicubic; the
+            original's ``.npz``: ``zoom(order=1)``).
+        include_preprocessing: the model takes pixels in [0, 255] and applies the
+            checkpoint's own mean and std.
+        cache_dir: huggingface_hub's cache folder for ``hf://`` sources.
+        **kwargs: other VisionTransformer arguments (``dropout``, ``dynamic_image_size``,
+            ``name``, ...).
+    """
+    if not os.fspath(source).startswith(HF_PREFIX) and os.fspath(source).endswith(".npz"):
+        return npz.from_npz(
+            source, include_top=include_top, num_classes=num_classes, image_size=image_size,
+            include_preprocessing=include_preprocessing, **kwargs,
+        )
+    kind, arguments, arrays, folder = read_repository(source, cache_dir=cache_dir)
+    checkpoint_classes = arguments.pop("num_classes", None)
+    class_names = arguments.pop("class_names", None)
+    stored_size = arguments["image_size"]
+    if image_size is not None:
+        arguments["image_size"] = as_pair(image_size, "image_size")
+    if num_classes is None:
+        num_classes = checkpoint_classes
+        if include_top and num_classes is None:
+            raise ValueError(f"{source!r} has no classification head; pass num_classes= for a new head or include_top=False.")
+    elif num_classes != checkpoint_classes:
+        class_names = None  # a new head: the checkpoint's names no longer apply
+    arguments.update(include_preprocessing=include_preprocessing, **kwargs)
+    if include_top and class_names is not None:
+        arguments["class_names"] = class_names
+    model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
+    key = npz.POS_EMBEDDING_KEY
+    old_grid = (stored_size[0] // model.patch_size[0], stored_size[1] // model.patch_size[1])
+    if key in arrays and tuple(old_grid) != tuple(model.grid_size):
+        encoder = model.get_layer("embedding")
+        arrays[key] = resample_timm_position_embedding(arrays[key], old_grid, model.grid_size, encoder.num_embedded_prefix)
+        logger.warning("Position embeddings resampled from a %dx%d grid to %dx%d (antialiased bicubic, as timm "
+                       "loads at another resolution).", *old_grid, *model.grid_size)
+    return npz._load_params(model, arrays, repr(folder))
+
+
+# --------------------------------------------------------------------------- writing back
+# The transformers release whose ViT layout save_pretrained writes (and the tests check).
+HF_LAYOUT_VERSION = "5.23.0"
+# timm entry points whose model_args express every model below (create_model overrides them all).
+_TIMM_ARCHITECTURE = "vit_base_patch16_224"
+_TIMM_DISTILLED_ARCHITECTURE = "deit_tiny_distilled_patch16_224"
+
+
+def _layout_arrays(model):
+    return {
+        key: np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable).reshape(shape)
+        for key, (variable, shape) in npz.checkpoint_layout(model).items()
+    }
+
+
+def _torch_linear(kernel):
+    width = kernel.shape[0]
+    return np.ascontiguousarray(kernel.reshape(width, -1).T)  # (in, ...) -> PyTorch (out, in)
+
+
+def _refuse_unless(condition, model, what, format):
+    if not condition:
+        raise ValueError(f"{model.name} cannot be written in {format}'s layout: {what}.")
+
+
+def _check_writable(model, format):
+    _refuse_unless(isinstance(model, VisionTransformer), model, "not a keras_vit VisionTransformer", format)
+    _refuse_unless(model.resnet is None, model, "a hybrid ResNet stem", format)
+    _refuse_unless(model.position_embedding in ("learned", "none"), model,
+                   f"position_embedding={model.position_embedding!r}", format)
+    if format == "timm":
+        _refuse_unless(model.layer_norm_epsilon == 1e-6, model,
+                       f"LayerNorm epsilon {model.layer_norm_epsilon} (timm's ViT uses 1e-6)", format)
+        _refuse_unless(model.representation_size is None, model, "a pre-logits layer (timm's ViT has none)", format)
+        return
+    _refuse_unless(model.pooling == "token" and not model.norm_after_pooling, model,
+                   "mean pooling or a norm after pooling (Hugging Face's ViT pools the class token)", format)
+    for option in ("num_register_tokens", "distillation_token", "layer_scale_init", "patch_position_embedding_only"):
+        _refuse_unless(not getattr(model, option), model, f"{option}={getattr(model, option)!r}", format)
+    _refuse_unless(model.image_size[0] == model.image_size[1] and model.patch_size[0] == model.patch_size[1],
+                   model, "a rectangular image or patch size", format)
+    _refuse_unless(model.position_embedding == "learned", model, "no position embeddings", format)
+
+
+def timm_state_dict(model) -> Dict[str, np.ndarray]:
+    """``model``'s weights under timm's names and PyTorch's shapes."""
+    arrays = _layout_arrays(model)
+    tensors = {
+        "patch_embed.proj.weight": np.ascontiguousarray(arrays.pop("embedding/kernel").transpose(3, 2, 0, 1)),
+        "patch_embed.proj.bias": arrays.pop("embedding/bias"),
+    }
+    for key, name in (("cls", "cls_token"), ("dist", "dist_token"), ("reg", "reg_token"), (npz.POS_EMBEDDING_KEY, "pos_embed")):
+        if key in arrays:
+            tensors[name] = arrays.pop(key)
+    for i in range(model.num_layers):
+        source, target = f"Transformer/encoderblock_{i}", f"blocks.{i}"
+        attention = f"{source}/MultiHeadDotProductAttention_1"
+        tensors[f"{target}.norm1.weight"] = arrays.pop(f"{source}/LayerNorm_0/scale")
+        tensors[f"{target}.norm1.bias"] = arrays.pop(f"{source}/LayerNorm_0/bias")
+        tensors[f"{target}.attn.qkv.weight"] = np.concatenate(
+            [_torch_linear(arrays.pop(f"{attention}/{name}/kernel")) for name in ("query", "key", "value")]
+        )
+        tensors[f"{target}.attn.qkv.bias"] = np.concatenate(
+            [arrays.pop(f"{attention}/{name}/bias").reshape(-1) for name in ("query", "key", "value")]
+        )
+        out = arrays.pop(f"{attention}/out/kernel")
+        tensors[f"{target}.attn.proj.weight"] = np.ascontiguousarray(out.reshape(-1, out.shape[-1]).T)
+        tensors[f"{target}.attn.proj.bias"] = arrays.pop(f"{attention}/out/bias")
+        for n in (1, 2):
+            if f"{source}/LayerScale_{n}/scale" in arrays:
+                tensors[f"{target}.ls{n}.gamma"] = arrays.pop(f"{source}/LayerScale_{n}/scale")
+        tensors[f"{target}.norm2.weight"] = arrays.pop(f"{source}/LayerNorm_2/scale")
+        tensors[f"{target}.norm2.bias"] = arrays.pop(f"{source}/LayerNorm_2/bias")
+        for dense, name in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            tensors[f"{target}.mlp.{name}.weight"] = _torch_linear(arrays.pop(f"{source}/MlpBlock_3/{dense}/kernel"))
+            tensors[f"{target}.mlp.{name}.bias"] = arrays.pop(f"{source}/MlpBlock_3/{dense}/bias")
+    for key, name in (("Transformer/encoder_norm", "norm"), ("fc_norm", "fc_norm")):
+        if f"{key}/scale" in arrays:
+            tensors[f"{name}.weight"] = arrays.pop(f"{key}/scale")
+            tensors[f"{name}.bias"] = arrays.pop(f"{key}/bias")
+    for key in ("head", "head_dist"):
+        if f"{key}/kernel" in arrays:
+            tensors[f"{key}.weight"] = _torch_linear(arrays.pop(f"{key}/kernel"))
+            tensors[f"{key}.bias"] = arrays.pop(f"{key}/bias")
+    assert not arrays, f"weights without a timm name: {sorted(arrays)}"
+    return tensors
+
+
+def huggingface_state_dict(model) -> Dict[str, np.ndarray]:
+    """``model``'s weights under Hugging Face ViT's names (``vit.`` prefixed with a classifier)."""
+    arrays = _layout_arrays(model)
+    prefix = "vit." if model.include_top else ""
+    tensors = {
+        f"{prefix}embeddings.cls_token": arrays.pop("cls"),
+        f"{prefix}embeddings.position_embeddings": arrays.pop(npz.POS_EMBEDDING_KEY),
+        f"{prefix}embeddings.patch_embeddings.projection.weight": np.ascontiguousarray(
+            arrays.pop("embedding/kernel").transpose(3, 2, 0, 1)
+        ),
+        f"{prefix}embeddings.patch_embeddings.projection.bias": arrays.pop("embedding/bias"),
+    }
+    for i in range(model.num_layers):
+        source, target = f"Transformer/encoderblock_{i}", f"{prefix}encoder.layer.{i}"
+        attention = f"{source}/MultiHeadDotProductAttention_1"
+        for name in ("query", "key", "value"):
+            tensors[f"{target}.attention.attention.{name}.weight"] = _torch_linear(arrays.pop(f"{attention}/{name}/kernel"))
+            tensors[f"{target}.attention.attention.{name}.bias"] = arrays.pop(f"{attention}/{name}/bias").reshape(-1)
+        out = arrays.pop(f"{attention}/out/kernel")
+        tensors[f"{target}.attention.output.dense.weight"] = np.ascontiguousarray(out.reshape(-1, out.shape[-1]).T)
+        tensors[f"{target}.attention.output.dense.bias"] = arrays.pop(f"{attention}/out/bias")
+        for norm, name in (("LayerNorm_0", "layernorm_before"), ("LayerNorm_2", "layernorm_after")):
+            tensors[f"{target}.{name}.weight"] = arrays.pop(f"{source}/{norm}/scale")
+            tensors[f"{target}.{name}.bias"] = arrays.pop(f"{source}/{norm}/bias")
+        for dense, name in (("Dense_0", "intermediate.dense"), ("Dense_1", "output.dense")):
+            tensors[f"{target}.{name}.weight"] = _torch_linear(arrays.pop(f"{source}/MlpBlock_3/{dense}/kernel"))
+            tensors[f"{target}.{name}.bias"] = arrays.pop(f"{source}/MlpBlock_3/{dense}/bias")
+    tensors[f"{prefix}layernorm.weight"] = arrays.pop("Transformer/encoder_norm/scale")
+    tensors[f"{prefix}layernorm.bias"] = arrays.pop("Transformer/encoder_norm/bias")
+    for key, name in (("pre_logits", f"{prefix}pooler.dense"), ("head", "classifier")):
+        if f"{key}/kernel" in arrays:
+            tensors[f"{name}.weight"] = _torch_linear(arrays.pop(f"{key}/kernel"))
+            tensors[f"{name}.bias"] = arrays.pop(f"{key}/bias")
+    assert not arrays, f"weights without a Hugging Face name: {sorted(arrays)}"
+    return tensors
+
+
+def _timm_config(model) -> dict:
+    num_classes = model.num_classes if model.include_top else 0
+    model_args = {
+        "img_size": list(model.image_size),
+        "patch_size": model.patch_size[0] if model.patch_size[0] == model.patch_size[1] else list(model.patch_size),
+        "embed_dim": model.hidden_size,
+        "depth": model.num_layers,
+        "num_heads": model.num_heads,
+        "num_classes": num_classes,
+        "in_chans": model.channels,
+        "global_pool": "token" if model.pooling == "token" else "avg",
+    }
+    if model.mlp_dim != 4 * model.hidden_size:  # timm's default ratio is left out, as timm's own files do
+        model_args["mlp_ratio"] = model.mlp_dim / model.hidden_size
+    if model.pooling != "token":
+        model_args["class_token"] = False
+    if model.pooling != "token" or model.norm_after_pooling:
+        model_args["fc_norm"] = model.norm_after_pooling  # timm's default for "avg" would add one
+    if model.num_register_tokens:
+        model_args["reg_tokens"] = model.num_register_tokens
+    if model.patch_position_embedding_only:
+        model_args["no_embed_class"] = True
+    if model.layer_scale_init is not None:
+        model_args["init_values"] = model.layer_scale_init
+    if model.gelu == "tanh":
+        model_args["act_layer"] = "gelu_tanh"
+    if model.position_embedding == "none":
+        model_args["pos_embed"] = "none"
+    if model.dynamic_image_size:
+        model_args["dynamic_img_size"] = True
+    config = {
+        "architecture": _TIMM_DISTILLED_ARCHITECTURE if model.distillation_token else _TIMM_ARCHITECTURE,
+        "num_classes": num_classes,
+        "num_features": model.hidden_size,
+        "global_pool": model_args["global_pool"],
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "tag": model.name,
+            "custom_load": False,
+            "input_size": [model.channels, *model.image_size],
+            "fixed_input_size": not model.dynamic_image_size,
+            "interpolation": "bicubic",
+            "crop_pct": 0.9,
+            "crop_mode": "center",
+            "mean": list(model.pixel_mean),
+            "std": list(model.pixel_std),
+            "num_classes": num_classes,
+            "pool_size": None,
+            "first_conv": "patch_embed.proj",
+            "classifier": ["head", "head_dist"] if model.distillation_token else "head",
+        },
+    }
+    if model.class_names:
+        config["label_names"] = list(model.class_names)
+    return config
+
+
+def _huggingface_config(model) -> tuple:
+    num_classes = model.num_classes if model.include_top else None
+    labels = list(model.class_names) if model.class_names else [f"LABEL_{i}" for i in range(num_classes or 0)]
+    config = {
+        "architectures": ["ViTForImageClassification" if model.include_top else "ViTModel"],
+        "attention_probs_dropout_prob": model.attention_dropout,
+        "dtype": "float32",
+        "encoder_stride": model.patch_size[0],
+        "hidden_act": "gelu" if model.gelu == "exact" else "gelu_pytorch_tanh",
+        "hidden_dropout_prob": model.dropout,
+        "hidden_size": model.hidden_size,
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "image_size": model.image_size[0],
+        "initializer_range": 0.02,
+        "intermediate_size": model.mlp_dim,
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "layer_norm_eps": model.layer_norm_epsilon,
+        "model_type": "vit",
+        "num_attention_heads": model.num_heads,
+        "num_channels": model.channels,
+        "num_hidden_layers": model.num_layers,
+        "patch_size": model.patch_size[0],
+        "pooler_act": "tanh",
+        "pooler_output_size": model.representation_size or model.hidden_size,
+        "qkv_bias": True,
+        "transformers_version": HF_LAYOUT_VERSION,
+    }
+    preprocessor = {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": list(model.pixel_mean),
+        "image_processor_type": "ViTImageProcessor",
+        "image_std": list(model.pixel_std),
+        "resample": 2,
+        "rescale_factor": 1 / 255,
+        "size": {"height": model.image_size[0], "width": model.image_size[1]},
+    }
+    return config, preprocessor
+
+
+def save_pretrained(model, folder, *, format: str = "timm", overwrite: bool = False) -> str:
+    """Writes ``model`` as a timm or Hugging Face repository folder that those libraries load.
+
+    ``config.json`` (the keys timm's ``save_for_hf`` / transformers' ``save_pretrained``
+    write), ``model.safetensors`` (float32, PyTorch names and shapes) and, for Hugging Face,
+    ``preprocessor_config.json`` with the model's mean and std. The folder is written beside
+    and renamed into place. Reading it back (:func:`from_pretrained`) gives the same tensors,
+    bit for bit.
+
+    Raises:
+        ValueError: an unknown ``format``; a model option the layout cannot express (named);
+            ``folder`` exists and ``overwrite`` is False, or holds files other than a repository's.
+    """
+    from safetensors.numpy import save_file
+
+    from keras_vit.files import replaced_folder_atomically, write_json
+
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}; expected one of {list(FORMATS)}.")
+    _check_writable(model, format)
+    folder = os.fspath(folder)
+    if os.path.exists(folder):
+        if not overwrite:
+            raise ValueError(f"{folder!r} already exists; pass overwrite=True to replace it.")
+        foreign = sorted(set(os.listdir(folder)) - {CONFIG_FILENAME, WEIGHTS_FILENAME, PREPROCESSOR_FILENAME})
+        if foreign or not os.path.isdir(folder):
+            raise ValueError(
+                f"{folder!r} holds files that are not a model repository's ({foreign[:5] or 'not a folder'}); "
+                f"keras_vit replaces only a folder of {CONFIG_FILENAME}, {WEIGHTS_FILENAME}, {PREPROCESSOR_FILENAME}."
+            )
+    if format == "timm":
+        tensors, config, preprocessor = timm_state_dict(model), _timm_config(model), None
+    else:
+        tensors = huggingface_state_dict(model)
+        config, preprocessor = _huggingface_config(model)
+    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+    with replaced_folder_atomically(folder) as temporary:
+        os.makedirs(temporary)
+        save_file({k: np.ascontiguousarray(v, dtype="float32") for k, v in tensors.items()},
+                  os.path.join(temporary, WEIGHTS_FILENAME), metadata={"format": "pt"})
+        write_json(os.path.join(temporary, CONFIG_FILENAME), config)
+        if preprocessor is not None:
+            write_json(os.path.join(temporary, PREPROCESSOR_FILENAME), preprocessor)
+    return folder
