@@ -353,34 +353,42 @@ def _run_inspect(args):
 def _add_convert(subparsers):
     parser = subparsers.add_parser(
         "convert",
-        help="convert an original .npz checkpoint to a .keras model",
-        description="Builds the model an original ViT .npz checkpoint describes, loads it "
-        "strictly (resampling position embeddings and replacing the head when asked) and "
-        "saves it as a .keras file.",
+        help="convert a checkpoint (original .npz, timm or Hugging Face folder, hf://org/name) to a .keras model",
+        description="Builds the model a checkpoint describes (an original ViT .npz file, a timm or "
+        "Hugging Face repository folder, or hf://<org>/<name>), loads it strictly (resampling "
+        "position embeddings and replacing the head when asked) and saves it as a .keras file.",
     )
-    parser.add_argument("checkpoint", help="path of the .npz checkpoint")
+    parser.add_argument("checkpoint", help=".npz file, repository folder or hf://<org>/<name>")
     parser.add_argument("output", help="the .keras file to write")
     parser.add_argument("--image-size", type=_positive_int, help="fine-tuning resolution (resamples position embeddings)")
     parser.add_argument("--num-classes", type=int, help="a new zero-initialised head with this many classes")
     parser.add_argument("--no-top", action="store_true", help="without the head (feature extractor)")
+    parser.add_argument("--include-preprocessing", action="store_true",
+                        help="the model takes 0-255 pixels and applies the checkpoint's own mean and std")
+    parser.add_argument("--dynamic-image-size", action="store_true",
+                        help="the model takes any image size that is a multiple of the patch size")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=_run_convert)
 
 
 def _run_convert(args):
-    from keras_vit.weights.npz import convert_checkpoint
+    from keras_vit.weights.hub import convert_pretrained
 
-    model = convert_checkpoint(
+    model = convert_pretrained(
         args.checkpoint,
         args.output,
         overwrite=args.overwrite,
         image_size=args.image_size,
         num_classes=args.num_classes,
         include_top=not args.no_top,
+        include_preprocessing=args.include_preprocessing,
+        dynamic_image_size=args.dynamic_image_size,
     )
     print(
         f"wrote {args.output}: {model.count_params():,} parameters, images "
-        f"{model.image_size[0]}x{model.image_size[1]}x{model.channels}, "
+        + ("of any size (multiples of the patch size), " if model.dynamic_image_size else
+           f"{model.image_size[0]}x{model.image_size[1]}x{model.channels}, ")
+        + ("0-255 pixels, " if model.include_preprocessing else "")
         + (f"{model.num_classes} classes" if model.include_top else "no head")
     )
 

@@ -318,3 +318,19 @@ def test_an_hf_source_is_read_from_the_huggingface_hub_cache_offline(tmp_path, m
     model = keras_vit.from_pretrained("hf://keras-vit/tiny-timm", cache_dir=tmp_path)
     outputs = expected("timm_vit_token")
     np.testing.assert_allclose(model.predict(outputs["images"], verbose=0), outputs["logits"], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
+def test_an_exact_gelu_model_exports_to_tflite_builtins_and_onnx_verified_in_their_runtimes(tmp_path):
+    from keras_vit.deploy.export import tflite_ops
+
+    model = keras_vit.from_pretrained(HUB / "hf_vit")  # exact GELU, epsilon 1e-12
+    manifest = keras_vit.export_model(
+        model, tmp_path / "export", formats="tflite,onnx", tflite_precisions=["float32"], progress=False
+    )
+    artifacts = {entry["file"]: entry for entry in manifest["artifacts"]}
+    assert set(artifacts) == {"model_float32.tflite", "model.onnx"}
+    for entry in artifacts.values():
+        assert entry["verified"] is True, entry
+        assert entry["parity"]["max_abs_diff"] <= 1e-4, entry
+    assert "GELU" in tflite_ops(tmp_path / "export" / "model_float32.tflite")  # LiteRT's builtin, not a Flex op

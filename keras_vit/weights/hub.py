@@ -89,8 +89,9 @@ def resolve_source(source, *, cache_dir=None) -> str:
         )
     except Exception as error:  # offline, unknown repository, gated repository: one message
         cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+        reason = " ".join(str(error).split())  # huggingface_hub's messages span lines
         raise OSError(
-            f"Cannot download {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            f"Cannot download {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: {reason}). "
             f"Offline, put its {CONFIG_FILENAME}, {WEIGHTS_FILENAME} (and {PREPROCESSOR_FILENAME} if any) "
             f"in a folder and pass that folder, or fill the cache at {cache}."
         ) from error
@@ -427,6 +428,25 @@ def from_pretrained(
         logger.warning("Position embeddings resampled from a %dx%d grid to %dx%d (antialiased bicubic, as timm "
                        "loads at another resolution).", *old_grid, *model.grid_size)
     return npz._load_params(model, arrays, repr(folder))
+
+
+def convert_pretrained(source, output, *, overwrite: bool = False, **kwargs) -> VisionTransformer:
+    """:func:`from_pretrained` (any source it reads), saved as a ``.keras`` file.
+
+    Raises:
+        ValueError: ``output`` does not end in ``.keras``, or exists and ``overwrite`` is False.
+    """
+    from keras_vit.files import save_model
+
+    output = os.fspath(output)
+    if not output.endswith(".keras"):
+        raise ValueError(f"Output {output!r} must be a .keras file.")
+    if os.path.exists(output) and not overwrite:
+        raise ValueError(f"{output!r} already exists; pass overwrite=True (--overwrite) to replace it.")
+    model = from_pretrained(source, **kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    save_model(model, output)
+    return model
 
 
 # --------------------------------------------------------------------------- writing back
