@@ -44,7 +44,7 @@ _API = {
         "keras_vit.zoo",
     ),
     **dict.fromkeys(["from_npz", "load_npz", "save_npz"], "keras_vit.weights.npz"),
-    **dict.fromkeys(["from_pretrained", "save_pretrained"], "keras_vit.weights.hub"),
+    **dict.fromkeys(["from_pretrained", "load_pretrained", "save_pretrained"], "keras_vit.weights.hub"),
     **dict.fromkeys(
         ["attention_maps", "attention_rollout", "embedding_filters", "mean_attention_distance",
          "position_embedding_similarity", "upsample_heatmap"],

@@ -187,9 +187,13 @@ def fetch_weights(variant: str, name: str) -> str:
 
 
 def load_weights(model, weights, *, variant: Optional[str] = None, **kwargs):
-    """``weights=`` of the builders: a local ``.npz`` path or a published name of ``variant``."""
+    """``weights=`` of the builders: a local ``.npz`` path, a timm or Hugging Face repository
+    (a folder or ``hf://<org>/<name>``), or a published name of ``variant``."""
+    from keras_vit.weights.hub import HF_PREFIX, load_pretrained
     from keras_vit.weights.npz import load_npz
 
+    if os.path.isdir(str(weights)) or str(weights).startswith(HF_PREFIX):
+        return load_pretrained(model, weights, **kwargs)
     if os.path.exists(str(weights)):
         return load_npz(model, weights, **kwargs)
     if variant is not None and weights in published_weights(variant):

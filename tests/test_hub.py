@@ -334,3 +334,18 @@ def test_an_exact_gelu_model_exports_to_tflite_builtins_and_onnx_verified_in_the
         assert entry["verified"] is True, entry
         assert entry["parity"]["max_abs_diff"] <= 1e-4, entry
     assert "GELU" in tflite_ops(tmp_path / "export" / "model_float32.tflite")  # LiteRT's builtin, not a Flex op
+
+
+def test_a_built_model_takes_hub_weights_by_weights_argument_and_refuses_another_architecture(tmp_path):
+    outputs = expected("timm_vit_token")
+    arguments = dict(image_size=32, patch_size=8, hidden_size=48, num_layers=2, num_heads=3, mlp_dim=96,
+                     num_classes=7, gelu="exact")
+    model = keras_vit.VisionTransformer(**arguments)
+    keras_vit.zoo.load_weights(model, str(HUB / "timm_vit_token"))
+    np.testing.assert_allclose(model.predict(outputs["images"], verbose=0), outputs["logits"], atol=TOLERANCE, rtol=0)
+    wrong = keras_vit.VisionTransformer(**dict(arguments, num_register_tokens=1))
+    before = [keras.ops.convert_to_numpy(w).copy() for w in wrong.weights]
+    with pytest.raises(ValueError, match=r"model weight .*registers .* has no checkpoint key 'reg'"):
+        keras_vit.load_pretrained(wrong, HUB / "timm_vit_token")
+    for weight, value in zip(wrong.weights, before):  # nothing assigned
+        assert np.array_equal(keras.ops.convert_to_numpy(weight), value), weight.path

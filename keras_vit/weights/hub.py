@@ -38,7 +38,9 @@ FORMATS = ("timm", "huggingface")
 
 # timm's size names -> attention heads, where a hub config has no model_args (most AugReg
 # and DeiT repositories): the paper's widths with 64-wide heads, Huge with 80.
-_TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
+_TIMM_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16}
+# Hugging Face's activation names -> keras_vit's GELU.
+_HF_GELUS = {"gelu": "exact", "gelu_python": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 # --------------------------------------------------------------------------- reading files
 def _read_json(path):
@@ -291,9 +293,10 @@ def _timm_arguments(config: dict, tensors) -> dict:
 
 
 def _huggingface_arguments(config: dict, folder, tensors) -> dict:
-    if config.get("hidden_act", "gelu") != "gelu":
+    activation = config.get("hidden_act", "gelu")
+    if activation not in _HF_GELUS:
         raise ValueError(
-            f"Hugging Face hidden_act={config.get('hidden_act')!r} is not supported; keras_vit's ViT uses 'gelu'."
+            f"Hugging Face hidden_act={activation!r} is not supported; keras_vit reads {sorted(_HF_GELUS)}."
         )
     preprocessor = {}
     path = os.path.join(folder, PREPROCESSOR_FILENAME)
@@ -319,7 +322,7 @@ def _huggingface_arguments(config: dict, folder, tensors) -> dict:
             (int(value.shape[0]) for key, value in tensors.items() if key.endswith("pooler.dense.weight")), None
         ),
         layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)),
-        gelu="exact",
+        gelu=_HF_GELUS[activation],
         pixel_mean=mean,
         pixel_std=std,
         position_resampling="bicubic",
@@ -369,6 +372,30 @@ def resample_timm_position_embedding(posemb, old_grid, new_grid, num_prefix_toke
     grid = grid.reshape(1, old_grid[0], old_grid[1], -1)
     resized = np.asarray(resample_grid(grid, new_grid, "bicubic")).reshape(1, new_grid[0] * new_grid[1], -1)
     return np.concatenate([prefix, resized.astype(posemb.dtype)], axis=1)
+
+
+def load_pretrained(model, source, *, reset_head=None, cache_dir=None) -> VisionTransformer:
+    """Loads a timm or Hugging Face repository into a model you built, strictly.
+
+    Position embeddings of another grid are resampled as timm does; a head of another size
+    becomes a zero-initialised one (``reset_head=True`` forces it). The model must have the
+    checkpoint's options (``gelu``, ``layer_norm_epsilon``, tokens, ...): a weight it lacks
+    or does not expect is named, and nothing is assigned.
+    """
+    _, arguments, arrays, folder = read_repository(source, cache_dir=cache_dir)
+    key = npz.POS_EMBEDDING_KEY
+    stored = arguments["image_size"]
+    old_grid = (stored[0] // arguments["patch_size"][0], stored[1] // arguments["patch_size"][1])
+    if key in arrays and isinstance(model, VisionTransformer) and tuple(old_grid) != tuple(model.grid_size):
+        encoder = model.get_layer("embedding")
+        arrays[key] = resample_timm_position_embedding(arrays[key], old_grid, model.grid_size, encoder.num_embedded_prefix)
+        logger.warning("Position embeddings resampled from a %dx%d grid to %dx%d (antialiased bicubic, as timm "
+                       "loads at another resolution).", *old_grid, *model.grid_size)
+    for option in ("gelu", "layer_norm_epsilon"):
+        if getattr(model, option, arguments[option]) != arguments[option]:
+            logger.warning("%s has %s=%r; the checkpoint was trained with %r (outputs will differ).",
+                           model.name, option, getattr(model, option), arguments[option])
+    return npz._load_params(model, arrays, repr(folder), reset_head=reset_head)
 
 
 def from_pretrained(
