@@ -444,7 +444,7 @@ def from_pretrained(
     elif num_classes != checkpoint_classes:
         class_names = None  # a new head: the checkpoint's names no longer apply
     arguments.update(include_preprocessing=include_preprocessing, **kwargs)
-    if include_top and class_names is not None:
+    if include_top and class_names is not None and "class_names" not in kwargs:
         arguments["class_names"] = class_names
     model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
     key = npz.POS_EMBEDDING_KEY
