@@ -349,3 +349,20 @@ def test_a_built_model_takes_hub_weights_by_weights_argument_and_refuses_another
         keras_vit.load_pretrained(wrong, HUB / "timm_vit_token")
     for weight, value in zip(wrong.weights, before):  # nothing assigned
         assert np.array_equal(keras.ops.convert_to_numpy(weight), value), weight.path
+
+
+def test_a_timm_config_without_model_args_is_read_from_the_architecture_name_and_shapes(tmp_path):
+    # Most AugReg and DeiT repositories on the hub: architecture and pretrained_cfg only.
+    folder = _copy("timm_deit_distilled", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_args"]
+    (folder / "config.json").write_text(json.dumps(config))
+    model = keras_vit.from_pretrained(folder)  # "deit_tiny_...": 3 heads; the rest from the tensors
+    assert (model.num_heads, model.num_layers, model.hidden_size, model.patch_size) == (3, 2, 48, (8, 8))
+    assert model.image_size == (32, 32) and model.pixel_mean == (0.485, 0.456, 0.406)
+    outputs = expected("timm_deit_distilled")
+    np.testing.assert_allclose(model.predict(outputs["images"], verbose=0), outputs["logits"], atol=TOLERANCE, rtol=0)
+    config["architecture"] = "vit_unknownwidth_patch8_32"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="Cannot tell the attention heads of timm architecture 'vit_unknownwidth_patch8_32'"):
+        keras_vit.from_pretrained(folder)

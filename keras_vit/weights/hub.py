@@ -240,7 +240,7 @@ def _timm_arguments(config: dict, tensors) -> dict:
     hidden_size, channels, ph, pw = patch_weight.shape
     num_heads = model_args.get("num_heads")
     if num_heads is None:
-        size = next((word for word in _TIMM_HEADS if f"_{word}_" in f"_{architecture}_".replace("_patch", "__patch")), None)
+        size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
         if size is None:
             raise ValueError(
                 f"Cannot tell the attention heads of timm architecture {architecture!r}: its config has no "
