@@ -106,8 +106,9 @@ def test_a_dynamic_size_model_trains_saves_reloads_and_takes_several_sizes(tmp_p
         model(np.zeros((1, 18, 16, 3), "float32"))
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras exports a SavedModel from TensorFlow's graph")
 def test_a_dynamic_size_model_exports_a_savedmodel_with_dynamic_height_and_width(tmp_path):
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     model = randomize(tiny_vit(dynamic_image_size=True))
     model.export(tmp_path / "saved", format="tf_saved_model", verbose=False)
     serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
@@ -321,6 +322,7 @@ def test_an_hf_source_is_read_from_the_huggingface_hub_cache_offline(tmp_path, m
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the exporters convert TensorFlow graphs")
 def test_an_exact_gelu_model_exports_to_tflite_builtins_and_onnx_verified_in_their_runtimes(tmp_path):
     from keras_vit.deploy.export import tflite_ops
 
