@@ -18,7 +18,9 @@ import numpy as np
 from keras_vit import run_folder
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8_mixed", "int8")
+# Precisions whose activations are calibrated on training images.
+CALIBRATED_PRECISIONS = ("int8_mixed", "int8")
 DEFAULT_OPSET = 17
 DEFAULT_TOP_K = 5
 SAVEDMODEL_DIRNAME = "saved_model"

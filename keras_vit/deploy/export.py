@@ -27,6 +27,7 @@ from keras_vit import run_folder
 from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import decode_and_resize, list_image_files, read_images
+from keras_vit.deploy.tflite_forms import tflite_forms
 from keras_vit.deploy.artifacts import (
     BYTES_SIGNATURE,
     CALIBRATION_SAMPLES,
@@ -41,6 +42,7 @@ from keras_vit.deploy.artifacts import (
     RANDOM_VERIFICATION_SAMPLES,
     SAMPLES_DIRNAME,
     SAVEDMODEL_DIRNAME,
+    CALIBRATED_PRECISIONS,
     TFLITE_PRECISIONS,
     VERIFICATION_SAMPLES,
     load_artifact,
@@ -205,13 +207,24 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
 def _float_savedmodel(model, directory):
     # The converter freezes the variables of a SavedModel; converting the live function
     # instead leaves VAR_HANDLE/READ_VARIABLE ops that a plain interpreter never initialises.
+    # Traced with the TFLite-friendly LayerNorm (keras_vit.deploy.tflite_forms).
     import keras
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
-    archive.write_out(directory, verbose=False)
+    with tflite_forms():
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
+        archive.write_out(directory, verbose=False)
     return directory
+
+
+# Ops of the mixed int8 file that stay float32: those XNNPACK runs only in float
+# (BATCH_MATMUL, SOFTMAX, GELU) and the LayerNorm and residual arithmetic between them,
+# so that int8 is used where it pays, in the weight matmuls, and nowhere else.
+_MIXED_FLOAT_OPS = (
+    "ADD", "BATCH_MATMUL", "CONCATENATION", "GELU", "LOGISTIC", "MEAN", "MUL", "NEG", "PAD",
+    "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE", "SQRT", "SUB", "TANH", "POW", "DIV",
+)
 
 
 def export_tflite(model, path, precision="float32", calibration_images=None, saved_model_dir=None):
@@ -222,11 +235,14 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
         path: the ``.tflite`` file to write.
         precision: ``"float32"``; ``"float16"`` (weights stored in float16);
             ``"dynamic_int8"`` (int8 weights, activations quantized on the fly);
-            ``"int8"`` (full integer: int8 weights and activations calibrated on
-            ``calibration_images``, int8 input and output with their scale and zero point
-            in the input/output details).
+            ``"int8"`` (full integer, for integer-only accelerators: int8 weights and
+            activations calibrated on ``calibration_images``, int8 input and output with
+            their scale and zero point in the input/output details, no float op);
+            ``"int8_mixed"`` (for CPUs: the weight matmuls (FULLY_CONNECTED, CONV_2D) in
+            int8 with calibrated activations, LayerNorm, GELU, softmax and the attention
+            batch matmuls in float32, float32 input and output).
         calibration_images: (N, H, W, C) float32 images in [-1, 1] from the training data;
-            required for ``"int8"``.
+            required for ``"int8"`` and ``"int8_mixed"``.
         saved_model_dir: a SavedModel with the ``serving_images`` signature to convert;
             written to a temporary folder when None.
 
@@ -240,9 +256,9 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
     import tensorflow as tf
 
     _check_precisions([precision])
-    if precision == "int8" and (calibration_images is None or len(calibration_images) == 0):
+    if precision in CALIBRATED_PRECISIONS and (calibration_images is None or len(calibration_images) == 0):
         raise ValueError(
-            "Full-integer int8 needs calibration images from the training data "
+            f"{precision} needs calibration images from the training data "
             "(calibration_images, or --images DIR on the command line); got none."
         )
     with tempfile.TemporaryDirectory() as scratch:
@@ -254,14 +270,24 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if precision == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        if precision == "int8":
+        if precision in CALIBRATED_PRECISIONS:
             calibration = np.asarray(calibration_images, dtype="float32")
             converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+        if precision == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         try:
-            flatbuffer = converter.convert()
+            if precision == "int8_mixed":
+                # The converter's selective quantization: the denylisted ops keep float32.
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter,
+                    debug_dataset=lambda: ([calibration[i : i + 1]] for i in range(1)),
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(_MIXED_FLOAT_OPS)),
+                )
+                flatbuffer = debugger.get_nondebug_quantized_model()
+            else:
+                flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError and others
             raise RuntimeError(f"TFLite conversion ({precision}) of {path} failed: {error}") from error
     with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
@@ -552,9 +578,10 @@ def export_model(
     class_names = parse_class_names(class_names, num_classes)
     if data is None:
         data = export_data(model, images_dir)
-    if "int8" in precisions and data.get("calibration") is None:
+    calibrated = [p for p in precisions if p in CALIBRATED_PRECISIONS]
+    if calibrated and data.get("calibration") is None:
         raise ValueError(
-            f"Full-integer int8 needs calibration images from the training data, and a "
+            f"TFLite {' and '.join(calibrated)} needs calibration images from the training data, and a "
             f"{height}x{width}x{channels} model has no built-in dataset: pass --images DIR "
             f"(images_dir=...) or leave int8 out of the precisions ({list(TFLITE_PRECISIONS)})."
         )
