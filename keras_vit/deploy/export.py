@@ -27,7 +27,7 @@ from keras_vit import run_folder
 from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import decode_and_resize, list_image_files, read_images
-from keras_vit.deploy.tflite_forms import tflite_forms
+from keras_vit.deploy.tflite_forms import symmetric_matmul_operands, tflite_forms
 from keras_vit.deploy.artifacts import (
     BYTES_SIGNATURE,
     CALIBRATION_SAMPLES,
@@ -288,6 +288,8 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
                 flatbuffer = debugger.get_nondebug_quantized_model()
             else:
                 flatbuffer = converter.convert()
+            if precision == "int8":
+                flatbuffer, _ = symmetric_matmul_operands(flatbuffer)
         except Exception as error:  # the converter raises ConverterError and others
             raise RuntimeError(f"TFLite conversion ({precision}) of {path} failed: {error}") from error
     with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
