@@ -391,10 +391,13 @@ def _add_export(subparsers):
         "export",
         help="export a model to SavedModel, TFLite and ONNX, each verified against Keras",
         description="Writes SavedModel (bytes and float signatures), TFLite (float32, float16, "
-        "dynamic-range int8, full-integer int8; builtin ops only) and ONNX (opset >= 17, dynamic "
-        "batch) artifacts with labels.txt and manifest.json, runs each in its own runtime on "
+        "dynamic-range int8, mixed int8 (int8 matmuls, float LayerNorm/softmax) for CPUs, "
+        "full-integer int8 for integer-only accelerators; builtin ops only) and ONNX (opset >= 17, "
+        "dynamic batch) artifacts with labels.txt and manifest.json, runs each in its own runtime on "
         "held-out images next to the Keras model and fails (status 2) naming any artifact "
-        "outside its tolerance. 28x28x1 models are calibrated and verified on the embedded MNIST "
+        "outside its tolerance. Each file's batch-1 latency (1 thread, all threads) is measured on "
+        "this machine and the manifest recommends a file per target (CPU phone, GPU delegate, "
+        "integer-only accelerator). 28x28x1 models are calibrated and verified on the embedded MNIST "
         "digits, and a few validation digits are written to EXPORT/samples/*.png.",
     )
     parser.add_argument("model", help="a .keras file or a run folder (saved_models/<run>)")
@@ -403,8 +406,8 @@ def _add_export(subparsers):
     )
     parser.add_argument(
         "--precision",
-        default="float32,float16,dynamic_int8,int8",
-        help="TFLite precisions, a comma list (default: float32,float16,dynamic_int8,int8)",
+        default="float32,float16,dynamic_int8,int8_mixed,int8",
+        help="TFLite precisions, a comma list (default: float32,float16,dynamic_int8,int8_mixed,int8)",
     )
     parser.add_argument("--output", help="output folder (default: <folder of the .keras file>/export)")
     parser.add_argument(
@@ -418,6 +421,10 @@ def _add_export(subparsers):
     parser.add_argument("--top-k", type=_positive_int, default=5, help="k of the SavedModel bytes signature (default 5)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
+    parser.add_argument(
+        "--latency-runs", type=int, default=20,
+        help="timed batch-1 runs per file and thread setting for the manifest's latency (default 20; 0: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_export)
@@ -437,6 +444,7 @@ def _run_export(args):
         opset=args.opset,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        latency_runs=args.latency_runs,
     )
     print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest))
 

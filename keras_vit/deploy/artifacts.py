@@ -43,6 +43,8 @@ DEFAULT_TOLERANCES = {
 CALIBRATION_SAMPLES = 1000
 VERIFICATION_SAMPLES = 1000
 RANDOM_VERIFICATION_SAMPLES = 16
+# Timed batch-1 runs per exported file and thread setting (manifest latency).
+DEFAULT_LATENCY_RUNS = 20
 
 
 def tflite_filename(precision):

@@ -27,10 +27,12 @@ from keras_vit import run_folder
 from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import decode_and_resize, list_image_files, read_images
+from keras_vit.deploy.latency import machine, measure_latency, thread_settings
 from keras_vit.deploy.tflite_forms import symmetric_matmul_operands, tflite_forms
 from keras_vit.deploy.artifacts import (
     BYTES_SIGNATURE,
     CALIBRATION_SAMPLES,
+    DEFAULT_LATENCY_RUNS,
     DEFAULT_OPSET,
     DEFAULT_TOLERANCES,
     DEFAULT_TOP_K,
@@ -315,6 +317,23 @@ def tflite_ops(path):
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
 
+def float_ops(path):
+    """Names of the ops of a TFLite file that read or write a float tensor.
+
+    Empty for a file an integer-only accelerator (NPU, DSP, Edge TPU) can run whole.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(os.fspath(path))
+    found = set()
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            tensors = [int(t) for t in list(op.inputs) + list(op.outputs) if int(t) >= 0]
+            if any(graph.tensors[t].type in (0, 1, 10) for t in tensors):  # FLOAT32, FLOAT16, FLOAT64
+                found.add(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex))
+    return sorted(found)
+
+
 def _is_builtin_op(name):
     # Builtin ops are upper-case names (ADD, BATCH_MATMUL); custom and Flex ops are not.
     return name.isupper() and not name.startswith("FLEX")
@@ -462,6 +481,81 @@ def _bytes_signature_parity(directory, model, images, output_kind):
     return {"num_images": int(len(pixels)), "top1_agreement": float(np.mean(top1 == keras_top1))}
 
 
+# --------------------------------------------------------------------------- what to ship
+TFLITE_DESCRIPTIONS = {
+    "float32": "float32 weights and arithmetic",
+    "float16": "float16 weights, float32 arithmetic on CPU (float16 on GPU delegates)",
+    "dynamic_int8": "int8 weights; activations quantized on the fly in the matmuls, float32 elsewhere",
+    "int8_mixed": "int8 weights and calibrated int8 activations in the weight matmuls; "
+    "LayerNorm, GELU, softmax and attention matmuls in float32; float32 input and output",
+    "int8": "full integer: every op int8 (int32 bias), int8 input and output; for integer-only accelerators",
+}
+TARGETS = ("cpu_phone", "gpu_delegate", "integer_only_accelerator")
+
+
+def _tflite_entries(artifacts):
+    return {e["precision"]: e for e in artifacts if e["format"] == "tflite" and e.get("verified")}
+
+
+def recommend(artifacts):
+    """The file to ship for each target, with the reason, from a manifest's artifacts.
+
+    ``cpu_phone``: the verified TFLite file fastest at one thread as measured at export,
+    the smaller one when two are within 10%; ``gpu_delegate``: float16 (the GPU delegate
+    computes in float16; int8 files are dequantized there and gain nothing), else float32;
+    ``integer_only_accelerator``: the full-integer int8 file when it has no float op.
+
+    Returns:
+        ``{target: {"file", "reason"}}``; ``file`` is None when no artifact fits.
+    """
+    tflite = _tflite_entries(artifacts)
+    chosen = {}
+    timed = [e for e in tflite.values() if isinstance(e.get("latency_ms", {}).get("1_thread"), float)]
+    if timed:
+        fastest = min(e["latency_ms"]["1_thread"] for e in timed)
+        near = [e for e in timed if e["latency_ms"]["1_thread"] <= 1.1 * fastest]
+        best = min(near, key=lambda e: (e["size_bytes"], e["latency_ms"]["1_thread"]))
+        reference = tflite.get("float32", {}).get("latency_ms", {}).get("1_thread")
+        versus = f", float32 {reference:.2f} ms" if reference and best["precision"] != "float32" else ""
+        chosen["cpu_phone"] = {
+            "file": best["file"],
+            "reason": f"fastest verified TFLite file at 1 thread on the exporting machine within 10% "
+            f"({best['latency_ms']['1_thread']:.2f} ms{versus}), the smallest of those "
+            f"({best['size_bytes'] / 1e6:.1f} MB); confirm on the phone with keras-vit benchmark --artifacts",
+        }
+    elif tflite:
+        best = min(tflite.values(), key=lambda e: e["size_bytes"])
+        chosen["cpu_phone"] = {"file": best["file"], "reason": "smallest verified TFLite file (latency not measured)"}
+    else:
+        chosen["cpu_phone"] = {"file": None, "reason": "no verified TFLite file was exported"}
+    for precision in ("float16", "float32"):
+        if precision in tflite:
+            chosen["gpu_delegate"] = {
+                "file": tflite[precision]["file"],
+                "reason": "GPU delegates compute in float16: "
+                + ("float16 weights load as they are, at half the size of float32"
+                   if precision == "float16" else "float32 is the float file exported")
+                + "; int8 files are dequantized on the GPU and gain nothing",
+            }
+            break
+    else:
+        chosen["gpu_delegate"] = {"file": None, "reason": "no verified float TFLite file was exported"}
+    full = tflite.get("int8")
+    if full is not None and full.get("integer_only"):
+        chosen["integer_only_accelerator"] = {
+            "file": full["file"],
+            "reason": "every op int8 with int8 input and output (scale and zero point in the input "
+            "and output details): what NPUs, DSPs and the Edge TPU run whole",
+        }
+    else:
+        chosen["integer_only_accelerator"] = {
+            "file": None,
+            "reason": "no verified integer-only file (export the int8 precision with calibration images)"
+            if full is None else f"the int8 file still has float ops {full.get('float_ops')}",
+        }
+    return chosen
+
+
 # --------------------------------------------------------------------------- export
 def _check_precisions(precisions):
     unknown = [p for p in precisions if p not in TFLITE_PRECISIONS]
@@ -519,6 +613,7 @@ def export_model(
     tolerances=None,
     overwrite=False,
     progress=True,
+    latency_runs=DEFAULT_LATENCY_RUNS,
 ):
     """Exports a model to SavedModel / TFLite / ONNX, verifies each and writes the manifest.
 
@@ -541,11 +636,15 @@ def export_model(
         overwrite: replace artifacts that already exist in ``output_dir``; otherwise an
             existing one is an error, raised before anything is written.
         progress: show a progress bar over the artifacts.
+        latency_runs: timed batch-1 runs per file and thread setting (median kept, in
+            the manifest as measured on this machine); 0 measures nothing.
 
     Returns:
         The manifest (also written to ``output_dir/manifest.json``): ``artifacts``, one
         entry per artifact with ``format``, ``precision``, ``file``, ``size_bytes``,
-        ``sha256``, ``input``, ``outputs`` and ``parity``.
+        ``sha256``, ``input``, ``outputs``, ``parity`` and ``latency_ms``; ``latency``
+        (how and where it was measured) and ``recommended`` (the file for each target,
+        with the reason).
 
     Raises:
         ValueError: bad formats, precisions, class names, missing calibration data, or an
@@ -633,6 +732,9 @@ def export_model(
                         float_savedmodel = _float_savedmodel(model, os.path.join(scratch, "float_saved_model"))
                     export_tflite(model, path, precision, data.get("calibration"), float_savedmodel)
                     entry["ops"] = tflite_ops(path)
+                    entry["float_ops"] = float_ops(path)
+                    entry["integer_only"] = not entry["float_ops"]
+                    entry["description"] = TFLITE_DESCRIPTIONS[precision]
                     if precision == "int8":
                         entry["input"] = dict(input_spec, dtype="int8", quantized_from="float32 in [-1, 1]")
                     entry["labels"] = LABELS_FILENAME
@@ -671,6 +773,21 @@ def export_model(
             shutil.rmtree(samples_dir)
         paths = write_sample_images(data["samples"], data["sample_labels"], class_names, samples_dir)
         samples = [os.path.relpath(p, output_dir) for p in paths]
+    latency = None
+    if latency_runs:
+        paths = {os.path.join(output_dir, e["file"]): e for e in artifacts if e.get("verified")}
+        measured = measure_latency(list(paths), verification[:1], runs=int(latency_runs))
+        for path, figures in measured.items():
+            paths[path]["latency_ms"] = figures
+        latency = {
+            "measured_on": f"this machine at export: {machine()}",
+            "batch": 1,
+            "runs": int(latency_runs),
+            "threads": thread_settings(),
+            "note": "median ms per image of interleaved runs; SavedModel with TensorFlow's own thread "
+            "pools. Other devices differ (int8 gains most on CPUs with int8 dot-product instructions): "
+            "measure there with keras-vit benchmark --artifacts DIR.",
+        }
     from keras_vit.version import __version__
 
     manifest = {
@@ -689,6 +806,8 @@ def export_model(
         "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})},
         "keras_max_abs_output": reference_scale,
         "artifacts": artifacts,
+        "latency": latency,
+        "recommended": recommend(artifacts),
         "samples": samples,
     }
     write_json(os.path.join(output_dir, MANIFEST_FILENAME), manifest)
@@ -700,9 +819,20 @@ def export_model(
     return manifest
 
 
+def _ms(entry, label):
+    value = entry.get("latency_ms", {}).get(label)
+    if value is None and label == "all_threads":  # a SavedModel runs on TensorFlow's own pools
+        value = entry.get("latency_ms", {}).get("process_threads")
+    return f"{value:.2f}" if isinstance(value, float) else "-"
+
+
 def format_manifest(manifest):
-    """A Markdown table of a manifest's artifacts: size, parity figures, verification."""
-    rows = [["file", "format", "precision", "size (KiB)", "max abs diff", "top-1 agreement", "accuracy", "verified"]]
+    """A Markdown table of a manifest's artifacts (size, latency, parity, verification) and
+    the recommended file for each target."""
+    latency = manifest.get("latency") or {}
+    threads = latency.get("threads", {}).get("all_threads", "all")
+    rows = [["file", "format", "precision", "size (KiB)", "ms 1 thread", f"ms {threads} threads",
+             "max abs diff", "top-1 agreement", "accuracy", "verified"]]
     for entry in manifest["artifacts"]:
         figures = entry.get("parity", {})
         accuracy = figures.get("accuracy")
@@ -712,6 +842,8 @@ def format_manifest(manifest):
                 entry["format"],
                 entry["precision"],
                 f"{entry['size_bytes'] / 1024:,.0f}" if "size_bytes" in entry else "-",
+                _ms(entry, "1_thread"),
+                _ms(entry, "all_threads"),
                 f"{figures['max_abs_diff']:.2e}" if "max_abs_diff" in figures else "-",
                 f"{figures['top1_agreement']:.2%}" if "top1_agreement" in figures else "-",
                 "-" if accuracy is None else f"{accuracy:.2%} (Keras {figures['keras_accuracy']:.2%})",
@@ -723,4 +855,11 @@ def format_manifest(manifest):
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
     lines.append(f"\nArtifacts in {manifest['export_dir']}; verified on {manifest['verification_data']}.")
+    if latency:
+        lines.append(f"Latency: batch 1, median of {latency['runs']} runs, measured {latency['measured_on']}.")
+    recommended = manifest.get("recommended") or {}
+    if recommended:
+        lines.append("\nRecommended:")
+        for target, choice in recommended.items():
+            lines.append(f"- {target}: {choice['file'] or 'none'} ({choice['reason']})")
     return "\n".join(lines)
