@@ -494,8 +494,12 @@ def _add_benchmark(subparsers):
         description="Measures inference and training-step throughput of keras_vit models, "
         "the machine's matrix-multiply rate in the same dtype, the fraction achieved, peak "
         "memory, and the JPEG input pipeline's rate. Each case runs in its own process. "
-        "With no --variant, runs the standard suite of docs/performance.md.",
+        "With no --variant, runs the standard suite of docs/performance.md. With --artifacts DIR, "
+        "times the files of a keras-vit export folder instead (each TFLite precision, ONNX, "
+        "SavedModel; batch 1, 1 thread and all threads, interleaved in this process).",
     )
+    parser.add_argument("--artifacts", metavar="DIR", help="time the exported files in DIR (a keras-vit export folder)")
+    parser.add_argument("--runs", type=_positive_int, default=50, help="timed runs per file with --artifacts (default 50)")
     parser.add_argument("--variant", action="append", help="model variant, e.g. B/16 (repeatable)")
     parser.add_argument("--mode", default="inference,training", help="inference,training (comma list)")
     parser.add_argument("--dtype", default="float32", help="dtype policies, e.g. float32,mixed_bfloat16")
@@ -525,6 +529,14 @@ def _run_benchmark(args):
 
     if args.output and os.path.exists(args.output) and not args.overwrite:
         raise ValueError(f"--output {args.output!r} already exists; pass --overwrite to replace it.")
+    if args.artifacts:
+        report = benchmark.benchmark_artifacts(args.artifacts, runs=args.runs)
+        print(json.dumps(report, indent=2) if args.json else benchmark.format_artifact_results(report))
+        if args.output:
+            from keras_vit.files import write_json
+
+            write_json(args.output, report)
+        return 1 if any("error" in r["latency_ms"] for r in report["results"]) else 0
     backends = args.backend.split(",")
     peers = benchmark.select_peers(args.peers)
     if args.variant:
