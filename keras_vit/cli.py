@@ -500,6 +500,11 @@ def _add_benchmark(subparsers):
     )
     parser.add_argument("--artifacts", metavar="DIR", help="time the exported files in DIR (a keras-vit export folder)")
     parser.add_argument("--runs", type=_positive_int, default=50, help="timed runs per file with --artifacts (default 50)")
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "thread"],
+        help="with --artifacts: wall (elapsed time, default) or thread (CPU time of 1-thread runs, "
+        "which other jobs on a shared machine do not inflate)",
+    )
     parser.add_argument("--variant", action="append", help="model variant, e.g. B/16 (repeatable)")
     parser.add_argument("--mode", default="inference,training", help="inference,training (comma list)")
     parser.add_argument("--dtype", default="float32", help="dtype policies, e.g. float32,mixed_bfloat16")
@@ -530,7 +535,7 @@ def _run_benchmark(args):
     if args.output and os.path.exists(args.output) and not args.overwrite:
         raise ValueError(f"--output {args.output!r} already exists; pass --overwrite to replace it.")
     if args.artifacts:
-        report = benchmark.benchmark_artifacts(args.artifacts, runs=args.runs)
+        report = benchmark.benchmark_artifacts(args.artifacts, runs=args.runs, clock=args.clock)
         print(json.dumps(report, indent=2) if args.json else benchmark.format_artifact_results(report))
         if args.output:
             from keras_vit.files import write_json

@@ -159,6 +159,11 @@ def test_benchmark_artifacts_times_every_exported_file(exported, capsys):
     for result in report["results"]:
         assert result["precision"] == _entry(manifest, result["file"])["precision"]
         assert all(isinstance(ms, float) for ms in result["latency_ms"].values()), result
+    # CPU time of the calling thread counts 1-thread runs only, and no SavedModel.
+    assert main(["benchmark", "--artifacts", str(folder), "--runs", "2", "--clock", "thread", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "saved_model" not in [r["file"] for r in report["results"]]
+    assert all(sorted(r["latency_ms"]) == ["1_thread"] for r in report["results"])
     assert main(["benchmark", "--artifacts", str(folder / "samples"), "--runs", "1"]) == 2
     assert "samples' holds no .tflite, .onnx or SavedModel to time" in capsys.readouterr().err
 

@@ -79,7 +79,10 @@ def machine():
     return f"{processor}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
-def measure_latency(paths, image, runs=20, warmup=2, settings=None):
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def measure_latency(paths, image, runs=20, warmup=2, settings=None, clock="wall"):
     """Median milliseconds per batch-1 call of each artifact at each thread setting.
 
     Args:
@@ -89,16 +92,25 @@ def measure_latency(paths, image, runs=20, warmup=2, settings=None):
         warmup: untimed rounds first.
         settings: ``{label: threads}``; :func:`thread_settings` when None. A SavedModel is
             timed once, labelled ``"process_threads"`` (TensorFlow's pools are fixed).
+        clock: ``"wall"`` (elapsed time), or ``"thread"``: the CPU time of the calling
+            thread, which other jobs on a shared machine do not inflate; it counts only the
+            work of a 1-thread LiteRT or onnxruntime run (they compute on the caller's
+            thread), so only 1-thread settings and no SavedModel are timed with it.
 
     Returns:
         ``{path: {label: ms}}``; a runner that fails gives ``{"error": message}``.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"Unknown clock {clock!r}; expected one of {list(CLOCKS)}.")
     settings = settings or thread_settings()
+    if clock == "thread":
+        settings = {label: threads for label, threads in settings.items() if threads == 1}
+    now = CLOCKS[clock]
     image = np.asarray(image, dtype="float32")
     runners, results = [], {}
     for path in paths:
         kind = artifact_kind(path)
-        if kind not in _RUNNERS:
+        if kind not in _RUNNERS or (clock == "thread" and kind == "savedmodel"):
             continue
         results[path] = {}
         labels = {"process_threads": None} if kind == "savedmodel" else settings
@@ -110,10 +122,10 @@ def measure_latency(paths, image, runs=20, warmup=2, settings=None):
     times = {(path, label): [] for path, label, _ in runners}
     for round_index in range(warmup + runs):
         for path, label, run in runners:
-            begin = time.perf_counter()
+            begin = now()
             run()
             if round_index >= warmup:
-                times[(path, label)].append(time.perf_counter() - begin)
+                times[(path, label)].append(now() - begin)
     for (path, label), record in times.items():
         results[path][label] = round(1000.0 * float(np.median(record)), 3)
     return results

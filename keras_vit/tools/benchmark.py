@@ -625,7 +625,7 @@ if __name__ == "__main__":
 
 
 # --------------------------------------------------------------------------- exported artifacts
-def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict] = None) -> Dict:
+def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict] = None, clock: str = "wall") -> Dict:
     """Batch-1 latency of every file in an export folder, on this machine, interleaved.
 
     Times each ``.tflite`` (every precision, LiteRT with XNNPACK), ``.onnx``
@@ -637,6 +637,8 @@ def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict]
         directory: a folder written by ``keras-vit export``.
         runs: timed rounds (median kept).
         settings: ``{label: threads}``; 1 thread and all threads when None.
+        clock: ``"wall"``, or ``"thread"`` (CPU time of 1-thread runs, for a shared
+            machine; see :func:`keras_vit.deploy.latency.measure_latency`).
 
     Returns:
         ``{"directory", "machine", "runs", "threads", "results": [{"file", "format",
@@ -671,7 +673,9 @@ def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict]
     low, high = first.input_range
     image = np.random.default_rng(0).uniform(low, high, (1, *first.image_size, first.channels)).astype("float32")
     settings = settings or latency.thread_settings()
-    measured = latency.measure_latency(paths, image, runs=runs, settings=settings)
+    measured = latency.measure_latency(paths, image, runs=runs, settings=settings, clock=clock)
+    if clock == "thread":
+        settings = {label: threads for label, threads in settings.items() if threads == 1}
     results = []
     for path in paths:
         name = os.path.basename(path)
@@ -682,7 +686,7 @@ def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict]
         results.append(dict(file=name, format=kind, precision=entry.get("precision", "float32" if kind != "tflite" else "?"),
                             size_bytes=size, latency_ms=measured.get(path, {})))
     return dict(directory=os.path.abspath(directory), machine=latency.machine(), runs=int(runs), threads=settings,
-                results=results)
+                clock=clock, results=[r for r in results if r["latency_ms"]])
 
 
 def format_artifact_results(report: Dict) -> str:
@@ -701,5 +705,6 @@ def format_artifact_results(report: Dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines.append(f"\nBatch 1, median of {report['runs']} interleaved runs on {report['machine']}.")
+    clock = " (CPU time of the calling thread)" if report.get("clock") == "thread" else ""
+    lines.append(f"\nBatch 1, median of {report['runs']} interleaved runs{clock} on {report['machine']}.")
     return "\n".join(lines)
