@@ -1,9 +1,10 @@
 """Where a TFLite (LiteRT) model's time goes: milliseconds per operator type.
 
 The Python LiteRT interpreter has no per-op profiler, so each operator of the graph is cut
-out into a one-op model (its constant inputs kept, its other inputs fed random values of
-the right type and shape) and timed alone in the interpreter with its default XNNPACK
-delegate. The sum over operators comes close to the whole model's latency (printed beside
+out into a one-op model (its constant inputs kept, its other inputs fed the values they
+take in one run of the whole model, integer ones as constants so that every shape is
+static) and timed alone in the interpreter with its default XNNPACK delegate, at one
+thread by the CPU time of the calling thread (robust on a shared machine). The sum over operators comes close to the whole model's latency (printed beside
 it), and ``xnnpack`` says whether XNNPACK took the op or LiteRT's own kernel ran it.
 
     python scripts/benchmark_export.py --profile model_int8.tflite --threads 1
@@ -18,14 +19,14 @@ from collections import defaultdict
 import numpy as np
 
 
-def _median_ms(function, runs, warmup=2):
+def _median_ms(function, runs, warmup=2, clock=time.perf_counter):
     for _ in range(warmup):
         function()
     times = []
     for _ in range(runs):
-        begin = time.perf_counter()
+        begin = clock()
         function()
-        times.append(time.perf_counter() - begin)
+        times.append(clock() - begin)
     return 1000.0 * float(np.median(times))
 
 
@@ -46,14 +47,18 @@ def _feed(interpreter, rng, values=None):
 
 
 def model_latency_ms(path_or_bytes, threads=1, runs=20, inputs=None):
-    """Median latency (ms) of a TFLite model on ``inputs`` (random when None), batch as stored."""
+    """Median latency (ms) of a TFLite model on ``inputs`` (random when None), batch as stored.
+
+    At one thread the interpreter computes on the calling thread, so the time is that
+    thread's CPU time, which other jobs on a shared machine do not inflate; otherwise wall time.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     key = "model_content" if isinstance(path_or_bytes, (bytes, bytearray)) else "model_path"
     interpreter = Interpreter(**{key: path_or_bytes if key == "model_content" else str(path_or_bytes)}, num_threads=threads)
     interpreter.allocate_tensors()
     _feed(interpreter, np.random.default_rng(0), inputs)
-    return _median_ms(interpreter.invoke, runs)
+    return _median_ms(interpreter.invoke, runs, clock=time.thread_time if threads == 1 else time.perf_counter)
 
 
 _INDEX_TYPES = (2, 4)  # TensorType INT32, INT64: shapes and indices
