@@ -620,7 +620,7 @@ def recommend(artifacts):
     """The file to ship for each target, with the reason, from a manifest's artifacts.
 
     ``cpu_phone``: the verified TFLite file fastest at one thread as measured at export,
-    the smaller one when two are within 10%; ``gpu_delegate``: float16 (the GPU delegate
+    the smaller one when two are within 10% (unmeasured: int8_mixed, else int8, ...); ``gpu_delegate``: float16 (the GPU delegate
     computes in float16; int8 files are dequantized there and gain nothing), else float32;
     ``integer_only_accelerator``: the full-integer int8 file when it has no float op.
 
@@ -643,8 +643,13 @@ def recommend(artifacts):
             f"({best['size_bytes'] / 1e6:.1f} MB); confirm on the phone with keras-vit benchmark --artifacts",
         }
     elif tflite:
-        best = min(tflite.values(), key=lambda e: e["size_bytes"])
-        chosen["cpu_phone"] = {"file": best["file"], "reason": "smallest verified TFLite file (latency not measured)"}
+        # Unmeasured: int8 where CPUs gain (the weight matmuls), float32 where int8 is slow.
+        order = ["int8_mixed", "int8", "dynamic_int8", "float16", "float32"]
+        best = tflite[min(tflite, key=lambda precision: order.index(precision))]
+        chosen["cpu_phone"] = {
+            "file": best["file"],
+            "reason": f"latency not measured (latency_runs=0): the first verified of {', '.join(order)}",
+        }
     else:
         chosen["cpu_phone"] = {"file": None, "reason": "no verified TFLite file was exported"}
     for precision in ("float16", "float32"):
