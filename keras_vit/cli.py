@@ -399,10 +399,13 @@ def _add_export(subparsers):
         "export",
         help="export a model to SavedModel, TFLite and ONNX, each verified against Keras",
         description="Writes SavedModel (bytes and float signatures), TFLite (float32, float16, "
-        "dynamic-range int8, full-integer int8; builtin ops only) and ONNX (opset >= 17, dynamic "
-        "batch) artifacts with labels.txt and manifest.json, runs each in its own runtime on "
+        "dynamic-range int8, mixed int8 (int8 matmuls, float LayerNorm/softmax) for CPUs, "
+        "full-integer int8 for integer-only accelerators; builtin ops only) and ONNX (opset >= 17, "
+        "dynamic batch) artifacts with labels.txt and manifest.json, runs each in its own runtime on "
         "held-out images next to the Keras model and fails (status 2) naming any artifact "
-        "outside its tolerance. 28x28x1 models are calibrated and verified on the embedded MNIST "
+        "outside its tolerance. Each file's batch-1 latency (1 thread, all threads) is measured on "
+        "this machine and the manifest recommends a file per target (CPU phone, GPU delegate, "
+        "integer-only accelerator). 28x28x1 models are calibrated and verified on the embedded MNIST "
         "digits, and a few validation digits are written to EXPORT/samples/*.png.",
     )
     parser.add_argument("model", help="a .keras file or a run folder (saved_models/<run>)")
@@ -411,8 +414,8 @@ def _add_export(subparsers):
     )
     parser.add_argument(
         "--precision",
-        default="float32,float16,dynamic_int8,int8",
-        help="TFLite precisions, a comma list (default: float32,float16,dynamic_int8,int8)",
+        default="float32,float16,dynamic_int8,int8_mixed,int8",
+        help="TFLite precisions, a comma list (default: float32,float16,dynamic_int8,int8_mixed,int8)",
     )
     parser.add_argument("--output", help="output folder (default: <folder of the .keras file>/export)")
     parser.add_argument(
@@ -426,6 +429,10 @@ def _add_export(subparsers):
     parser.add_argument("--top-k", type=_positive_int, default=5, help="k of the SavedModel bytes signature (default 5)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
+    parser.add_argument(
+        "--latency-runs", type=int, default=20,
+        help="timed batch-1 runs per file and thread setting for the manifest's latency (default 20; 0: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_export)
@@ -445,6 +452,7 @@ def _run_export(args):
         opset=args.opset,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        latency_runs=args.latency_runs,
     )
     print(json.dumps(manifest, indent=2) if args.json else format_manifest(manifest))
 
@@ -494,7 +502,16 @@ def _add_benchmark(subparsers):
         description="Measures inference and training-step throughput of keras_vit models, "
         "the machine's matrix-multiply rate in the same dtype, the fraction achieved, peak "
         "memory, and the JPEG input pipeline's rate. Each case runs in its own process. "
-        "With no --variant, runs the standard suite of docs/performance.md.",
+        "With no --variant, runs the standard suite of docs/performance.md. With --artifacts DIR, "
+        "times the files of a keras-vit export folder instead (each TFLite precision, ONNX, "
+        "SavedModel; batch 1, 1 thread and all threads, interleaved in this process).",
+    )
+    parser.add_argument("--artifacts", metavar="DIR", help="time the exported files in DIR (a keras-vit export folder)")
+    parser.add_argument("--runs", type=_positive_int, default=50, help="timed runs per file with --artifacts (default 50)")
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "thread"],
+        help="with --artifacts: wall (elapsed time, default) or thread (CPU time of 1-thread runs, "
+        "which other jobs on a shared machine do not inflate)",
     )
     parser.add_argument("--variant", action="append", help="model variant, e.g. B/16 (repeatable)")
     parser.add_argument("--mode", default="inference,training", help="inference,training (comma list)")
@@ -525,6 +542,14 @@ def _run_benchmark(args):
 
     if args.output and os.path.exists(args.output) and not args.overwrite:
         raise ValueError(f"--output {args.output!r} already exists; pass --overwrite to replace it.")
+    if args.artifacts:
+        report = benchmark.benchmark_artifacts(args.artifacts, runs=args.runs, clock=args.clock)
+        print(json.dumps(report, indent=2) if args.json else benchmark.format_artifact_results(report))
+        if args.output:
+            from keras_vit.files import write_json
+
+            write_json(args.output, report)
+        return 1 if any("error" in r["latency_ms"] for r in report["results"]) else 0
     backends = args.backend.split(",")
     peers = benchmark.select_peers(args.peers)
     if args.variant:

@@ -1,128 +1,89 @@
-"""Latency per image (batch 1) and file size of each exported artifact of ViT-Ti/16 and ViT-B/16.
+"""Latency per image (batch 1) and file size of each exported artifact, and LiteRT per-op profiles.
 
 Random weights at 224x224x3 with a 1000-class head (latency does not depend on the
-weights). Each artifact is run in its own runtime on this machine's CPU: Keras (TensorFlow,
-``model(x)``), the SavedModel float signature, the LiteRT interpreter (float32, float16,
-dynamic-range int8, full-integer int8 calibrated on noise) and onnxruntime. Prints a
-Markdown table and writes JSON.
+weights; int8 calibration on 8 noise images). The files are those ``keras-vit export``
+writes; they are timed with ``keras-vit benchmark --artifacts``' code (each TFLite
+precision with LiteRT's XNNPACK, onnxruntime, the SavedModel's float signature), round
+after round in one process, at 1 thread and at all threads. Prints a Markdown table and
+writes JSON.
 
-    python scripts/benchmark_export.py --variants Ti/16,B/16 --runs 20 --threads 2 \
-        --json saved_models/benchmark_export.json
+    python scripts/benchmark_export.py --variants Ti/16 --runs 30
+    python scripts/benchmark_export.py --variants Ti/16 --profile int8,float32   # + per-op tables
+    python scripts/benchmark_export.py --keep DIR --reuse --clock thread       # shared machine: CPU time
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
 
-def _median_latency_ms(run, image, runs, warmup=3):
-    for _ in range(warmup):
-        run(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(image)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
-def benchmark_variant(variant, folder, runs, threads, precisions, image_size=224):
+def export_variant(variant, folder, precisions, image_size=224):
     import keras
-    import onnxruntime
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
 
     import keras_vit
     from keras_vit.deploy import export
 
     keras.utils.set_random_seed(0)
     model = keras_vit.ViT(variant, num_classes=1000, image_size=image_size)
-    # The head is zero-initialised; random weights give it non-trivial outputs.
-    head = model.get_layer("head")
-    head.kernel.assign(np.random.default_rng(0).normal(0, 0.02, head.kernel.shape).astype("float32"))
+    # The head and the biases are zero-initialised: random values give the head non-trivial
+    # outputs and the int8 biases a real quantization scale (a zero bias gets a degenerate
+    # one, and XNNPACK refuses the ADD that applies it, which a trained model never shows).
     rng = np.random.default_rng(0)
-    calibration = rng.uniform(-1, 1, (8, image_size, image_size, 3)).astype("float32")
+    for weight in model.weights:
+        if weight.path.endswith("bias") or weight.path.startswith("head"):
+            weight.assign(rng.normal(0, 0.02, weight.shape).astype("float32"))
+    calibration = np.random.default_rng(0).uniform(-1, 1, (8, image_size, image_size, 3)).astype("float32")
     data = dict(calibration=calibration, verification=calibration[:2], verification_labels=None, samples=None,
                 source="uniform noise")
     export.export_model(
-        model, folder, formats="all", tflite_precisions=precisions, data=data, overwrite=True,
+        model, folder, formats="all", tflite_precisions=precisions, data=data, overwrite=True, progress=False,
         tolerances={"int8_min_top1_agreement": 0.0},  # random weights: agreement means nothing
+        latency_runs=0,
     )
-    with open(os.path.join(folder, export.MANIFEST_FILENAME)) as file:
-        manifest = json.load(file)
-    image = rng.uniform(-1, 1, (1, image_size, image_size, 3)).astype("float32")
-
-    keras_file = os.path.join(folder, "model.keras")
-    model.save(keras_file)
-    compiled = tf.function(lambda x: model(x, training=False), jit_compile=False)
-    rows = [dict(model=f"ViT-{variant}", artifact="Keras (.keras, tf.function)", runtime=f"TensorFlow {tf.__version__}",
-                 size_mb=os.path.getsize(keras_file) / 1e6, latency_ms=_median_latency_ms(lambda x: compiled(x).numpy(), image, runs))]
-    for entry in manifest["artifacts"]:
-        path = os.path.join(folder, entry["file"])
-        if entry["format"] == "savedmodel":
-            signature = tf.saved_model.load(path).signatures[export.FLOAT_SIGNATURE]
-            run, runtime = (lambda x: signature(images=tf.constant(x))["outputs"].numpy()), f"TensorFlow {tf.__version__}"
-        elif entry["format"] == "tflite":
-            interpreter = Interpreter(model_path=path, num_threads=threads)
-            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], image.shape)
-            interpreter.allocate_tensors()
-            details = interpreter.get_input_details()[0]
-            output = interpreter.get_output_details()[0]["index"]
-            feed = image
-            if details["dtype"] == np.int8:
-                scale, zero_point = details["quantization"]
-                feed = np.clip(np.round(image / scale + zero_point), -128, 127).astype(np.int8)
-
-            def run(_, interpreter=interpreter, index=details["index"], feed=feed, output=output):
-                interpreter.set_tensor(index, feed)
-                interpreter.invoke()
-                return interpreter.get_tensor(output)
-
-            runtime = "ai-edge-litert (XNNPACK)"
-        else:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            run, runtime = (lambda x, session=session: session.run(None, {"images": x})[0]), f"onnxruntime {onnxruntime.__version__}"
-        name = entry["file"] + ("" if entry["format"] != "tflite" else f" ({entry['precision']})")
-        rows.append(dict(model=f"ViT-{variant}", artifact=name, runtime=runtime, size_mb=entry["size_bytes"] / 1e6,
-                         latency_ms=_median_latency_ms(run, image, runs)))
     keras.backend.clear_session()
-    return rows
-
-
-def format_rows(rows):
-    lines = ["| model | artifact | runtime | size (MB) | latency, batch 1 (ms) |", "|---|---|---|---:|---:|"]
-    lines += [f"| {r['model']} | {r['artifact']} | {r['runtime']} | {r['size_mb']:.1f} | {r['latency_ms']:.1f} |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="Ti/16,B/16", help="comma list of variants (default Ti/16,B/16)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per artifact (median reported)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for LiteRT and onnxruntime")
-    parser.add_argument("--precisions", default="float32,float16,dynamic_int8,int8", help="TFLite precisions")
+    parser.add_argument("--variants", default="Ti/16", help="comma list of variants (default Ti/16)")
+    parser.add_argument("--runs", type=int, default=30, help="timed rounds per file (median reported)")
+    parser.add_argument("--precisions", default="float32,float16,dynamic_int8,int8_mixed,int8", help="TFLite precisions")
+    parser.add_argument("--profile", default="", help="comma list of TFLite precisions to profile per op (1 thread)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                        help="wall time, or the CPU time of 1-thread runs (for a machine shared with other jobs)")
+    parser.add_argument("--reuse", action="store_true", help="time the files already in --keep instead of exporting")
+    parser.add_argument("--keep", help="export into this folder (kept) instead of a temporary one")
     parser.add_argument("--json", default="saved_models/benchmark_export.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
-    rows = []
+
+    from keras_vit.tools import benchmark, tflite_profile
+
+    reports, profiles = [], {}
     for variant in args.variants.split(","):
-        with tempfile.TemporaryDirectory() as folder:
-            rows += benchmark_variant(variant, folder, args.runs, args.threads, args.precisions)
-    print(format_rows(rows))
-    machine = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(), threads=args.threads)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = args.keep or scratch
+            if not args.reuse:
+                export_variant(variant, folder, args.precisions)
+            report = benchmark.benchmark_artifacts(folder, runs=args.runs, clock=args.clock)
+            report["variant"] = variant
+            reports.append(report)
+            print(f"\nViT-{variant}, 224x224, 1000 classes\n")
+            print(benchmark.format_artifact_results(report))
+            for precision in [p for p in args.profile.split(",") if p]:
+                path = os.path.join(folder, f"model_{precision}.tflite")
+                profile = tflite_profile.op_profile(path, threads=1, runs=10)
+                profiles[f"{variant} {precision}"] = profile
+                print("\n" + tflite_profile.format_profile(profile, f"ViT-{variant} {precision}:"))
+    from keras_vit.files import write_json
+
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as file:
-        json.dump(dict(command=" ".join(["python", "scripts/benchmark_export.py", *sys.argv[1:]]), machine=machine,
-                       runs=args.runs, rows=rows), file, indent=2)
+    write_json(args.json, dict(command=" ".join(["python", "scripts/benchmark_export.py", *sys.argv[1:]]),
+                               reports=reports, profiles=profiles))
     print(f"\nWrote {args.json}")
     return 0
 

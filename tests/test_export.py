@@ -73,6 +73,7 @@ def test_export_writes_every_artifact_into_the_run_export_folder(mnist_export):
         "model_float32.tflite",
         "model_float16.tflite",
         "model_dynamic_int8.tflite",
+        "model_int8_mixed.tflite",
         "model_int8.tflite",
         "model.onnx",
     }
@@ -208,6 +209,16 @@ def test_manifest_records_the_parity_measured_at_export(mnist_export, mnist_vali
     assert int8["top1_agreement"] >= 0.99
     assert int8["keras_accuracy"] >= 0.9
     assert _entry(manifest, "saved_model")["parity"]["bytes_signature"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16", "dynamic_int8", "int8_mixed", "int8"])
+def test_every_tflite_precision_keeps_the_main_job_accuracy(mnist_export, precision):
+    # Issue 18's bar: top-1 agreement >= 99% and accuracy within 0.5 point of Keras.
+    _, _, manifest = mnist_export
+    figures = _entry(manifest, f"model_{precision}.tflite")["parity"]
+    assert figures["num_images"] == 1000
+    assert figures["top1_agreement"] >= 0.99
+    assert figures["accuracy"] >= figures["keras_accuracy"] - 0.005
 
 
 # --------------------------------------------------------------------------- reference models

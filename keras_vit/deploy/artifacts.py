@@ -3,8 +3,10 @@
 The names of the files ``keras-vit export`` writes (and the manifest's tolerances), the
 model facts every exporter needs (input size, output kind, class names), and
 ``load_artifact(path)``: a ``.keras`` file, SavedModel folder, ``.tflite`` or ``.onnx``
-file behind one interface: ``run(images)`` takes (B, H, W, C) float32 images in [-1, 1]
-and returns the raw outputs, ``probabilities`` the class probabilities. Export verifies
+file behind one interface: ``run(images)`` takes (B, H, W, C) float32 images in the
+model's ``input_range`` ([-1, 1], or [0, 255] for a model built with
+``include_preprocessing=True``) and returns the raw outputs, ``probabilities`` the class
+probabilities. Export verifies
 its files through it; ``keras-vit predict`` predicts with it.
 """
 
@@ -18,7 +20,9 @@ import numpy as np
 from keras_vit import run_folder
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8_mixed", "int8")
+# Precisions whose activations are calibrated on training images.
+CALIBRATED_PRECISIONS = ("int8_mixed", "int8")
 DEFAULT_OPSET = 17
 DEFAULT_TOP_K = 5
 SAVEDMODEL_DIRNAME = "saved_model"
@@ -41,6 +45,8 @@ DEFAULT_TOLERANCES = {
 CALIBRATION_SAMPLES = 1000
 VERIFICATION_SAMPLES = 1000
 RANDOM_VERIFICATION_SAMPLES = 16
+# Timed batch-1 runs per exported file and thread setting (manifest latency).
+DEFAULT_LATENCY_RUNS = 20
 
 
 def tflite_filename(precision):
@@ -105,6 +111,34 @@ def model_input_spec(model):
     if len(shape) != 4 or any(size is None for size in shape[1:]):
         raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
     return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+UNIT_RANGE = (-1.0, 1.0)  # x / 127.5 - 1, what the models take by default
+PIXEL_RANGE = (0.0, 255.0)  # models built with include_preprocessing=True
+
+
+def takes_pixels(model):
+    """Whether a model normalises inside (``include_preprocessing=True``) and so takes
+    [0, 255] pixels instead of [-1, 1]."""
+    if getattr(model, "include_preprocessing", False):
+        return True
+    try:
+        return bool(model.get_config().get("include_preprocessing", False))
+    except (NotImplementedError, TypeError, AttributeError):
+        return False
+
+
+def model_input_range(model):
+    """``(low, high)`` of a model's float input: :data:`PIXEL_RANGE` or :data:`UNIT_RANGE`."""
+    return PIXEL_RANGE if takes_pixels(model) else UNIT_RANGE
+
+
+def from_unit_range(images, input_range):
+    """Images in [-1, 1] (as keras_vit.data reads them) -> the same images in ``input_range``."""
+    images = np.asarray(images, dtype="float32")
+    if tuple(input_range) == PIXEL_RANGE:
+        return (images + 1.0) * 127.5
+    return images
 
 
 def model_output_kind(model):
@@ -175,8 +209,9 @@ class Artifact:
         self._class_names_spec = class_names
         self.class_names = None
         self.output_kind = None
+        self.input_range = UNIT_RANGE
 
-    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None):
+    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None, input_range=None):
         spec = self._class_names_spec or class_names
         if spec is None and manifest is not None:
             spec = manifest.get("class_names")
@@ -184,9 +219,13 @@ class Artifact:
             spec = labels
         self.class_names = parse_class_names(spec, self.num_classes)
         self.output_kind = output_kind or (manifest or {}).get("output_kind")
+        if input_range is None and manifest is not None:
+            input_range = manifest.get("input_range")
+        self.input_range = tuple(float(v) for v in input_range) if input_range is not None else UNIT_RANGE
 
     def run(self, images):
-        """Raw model outputs (B, K) float32 for (B, H, W, C) float32 images in [-1, 1]."""
+        """Raw model outputs (B, K) float32 for (B, H, W, C) float32 images in the model's
+        input range (``input_range``: [-1, 1], or [0, 255] for a model that normalises inside)."""
         images = np.asarray(images, dtype="float32")
         expected = (self.image_size[0], self.image_size[1], self.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
@@ -198,7 +237,7 @@ class Artifact:
         return np.concatenate(outputs).astype("float32")
 
     def probabilities(self, images):
-        """Class probabilities (B, K) for (B, H, W, C) float32 images in [-1, 1]."""
+        """Class probabilities (B, K) for (B, H, W, C) float32 images in ``input_range``."""
         outputs = self.run(images)
         kind = self.output_kind
         if kind is None:  # a file without a manifest beside it
@@ -227,7 +266,11 @@ class KerasArtifact(Artifact):
         height, width, self.channels = model_input_spec(self.model)
         self.image_size = (height, width)
         self.num_classes = int(self.model.outputs[0].shape[-1])
-        self._finish(class_names=run_folder.of_model(path).class_names(), output_kind=model_output_kind(self.model))
+        self._finish(
+            class_names=run_folder.of_model(path).class_names(),
+            output_kind=model_output_kind(self.model),
+            input_range=model_input_range(self.model),
+        )
 
     def _run_batch(self, images):
         return np.asarray(self.model(images, training=False))
@@ -322,7 +365,11 @@ class OnnxArtifact(Artifact):
         metadata = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
         manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)))
-        self._finish(manifest, labels if names is None else None, class_names=names, output_kind=metadata.get("output_kind"))
+        input_range = json.loads(metadata["input_range"]) if "input_range" in metadata else None
+        self._finish(
+            manifest, labels if names is None else None, class_names=names,
+            output_kind=metadata.get("output_kind"), input_range=input_range,
+        )
 
     def _run_batch(self, images):
         return self.session.run(None, {self.input_name: images})[0]

@@ -26,10 +26,13 @@ import numpy as np
 from keras_vit import run_folder
 from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
-from keras_vit.data.images import decode_and_resize, list_image_files, read_images
+from keras_vit.data.images import DEFAULT_MAX_PIXELS, decode_and_resize, list_image_files, read_images
+from keras_vit.deploy.latency import machine, measure_latency, thread_settings
+from keras_vit.deploy.tflite_forms import symmetric_matmul_operands, tflite_forms
 from keras_vit.deploy.artifacts import (
     BYTES_SIGNATURE,
     CALIBRATION_SAMPLES,
+    DEFAULT_LATENCY_RUNS,
     DEFAULT_OPSET,
     DEFAULT_TOLERANCES,
     DEFAULT_TOP_K,
@@ -41,18 +44,33 @@ from keras_vit.deploy.artifacts import (
     RANDOM_VERIFICATION_SAMPLES,
     SAMPLES_DIRNAME,
     SAVEDMODEL_DIRNAME,
+    CALIBRATED_PRECISIONS,
     TFLITE_PRECISIONS,
     VERIFICATION_SAMPLES,
     load_artifact,
     load_keras_model,
+    from_unit_range,
+    model_input_range,
     model_input_spec,
     model_output_kind,
     parse_class_names,
+    takes_pixels,
     tflite_filename,
 )
 
 # --------------------------------------------------------------------------- inputs
 def export_data(model, images_dir=None, seed=0):
+    """Calibration and verification images for a model, from the best source available
+    (see :func:`_export_data_unit_range`), in the model's input range."""
+    data = _export_data_unit_range(model, images_dir, seed)
+    # A model that normalises inside takes [0, 255] pixels: calibrate and verify on those.
+    for key in ("calibration", "verification"):
+        if data[key] is not None:
+            data[key] = from_unit_range(data[key], model_input_range(model))
+    return data
+
+
+def _export_data_unit_range(model, images_dir=None, seed=0):
     """Calibration and verification images for a model, from the best source available.
 
     28x28x1 models get the embedded MNIST digits (training images for calibration, the
@@ -60,6 +78,8 @@ def export_data(model, images_dir=None, seed=0):
     ``images_dir`` (resized to the model's size, every file for calibration, the first
     ``VERIFICATION_SAMPLES`` for verification). Without either, verification uses seeded
     uniform noise in [-1, 1] and there is no calibration data (full-integer int8 needs it).
+    Images are in the model's input range: [-1, 1], or [0, 255] for a model built with
+    ``include_preprocessing=True``.
 
     Args:
         model: the Keras model.
@@ -139,21 +159,111 @@ def _probabilities(outputs, output_kind):
     return tf.nn.softmax(outputs, axis=-1) if output_kind == "logits" else outputs
 
 
-def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
+def _header_pixels(encoded):
+    """Width x height from an encoded image's header (PNG, GIF, BMP, JPEG), int64; -1 for
+    other formats. Read before decoding, so a small file that would decode to gigabytes is
+    refused first. JPEG's size needs a scan of its markers (``extract_jpeg_shape``), which
+    raises on a broken file: call it where errors are caught."""
+    import tensorflow as tf
+
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * 32)])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+
+    def big_endian(at, width):
+        return tf.add_n([head[at + i] * (256 ** (width - 1 - i)) for i in range(width)])
+
+    def little_endian(at, width):
+        return tf.add_n([head[at + i] * (256 ** i) for i in range(width)])
+
+    def signed(value):  # a little-endian int32 (BMP heights are negative top-down)
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.int64)
+        return shape[0] * shape[1]
+
+    prefix = tf.strings.substr(padded, 0, 8)
+    return tf.case(
+        [
+            (tf.equal(prefix, b"\x89PNG\r\n\x1a\n"), lambda: big_endian(16, 4) * big_endian(20, 4)),
+            (tf.equal(tf.strings.substr(prefix, 0, 3), b"GIF"), lambda: little_endian(6, 2) * little_endian(8, 2)),
+            (tf.equal(tf.strings.substr(prefix, 0, 2), b"BM"), lambda: signed(little_endian(18, 4)) * signed(little_endian(22, 4))),
+            (tf.equal(tf.strings.substr(prefix, 0, 2), b"\xff\xd8"), jpeg),
+        ],
+        default=lambda: tf.constant(-1, tf.int64),
+    )
+
+
+def _decode_batch(images, image_size, channels, max_pixels, pixels_input):
+    """Decodes a (B,) batch of encoded images without letting one bad image fail the batch.
+
+    Returns:
+        ``(pixels (B, H, W, C) float32, ok (B,) bool, error (B,) string)``; the rows of
+        images that could not be read are zeros, with ``ok`` false and the reason in
+        ``error``. Decoding runs in a tf.data pipeline whose ``ignore_errors`` drops the
+        images that raise; each element carries its index, so the survivors go back to
+        their rows.
+    """
+    import tensorflow as tf
+
+    height, width = image_size
+    count = tf.shape(images)[0]
+    indexed = tf.data.Dataset.from_tensor_slices((tf.range(count), images))
+
+    def header(index, encoded):
+        return index, _header_pixels(encoded)
+
+    def decode(index, encoded):
+        too_many = tf.debugging.assert_less_equal(_header_pixels(encoded), tf.constant(max_pixels, tf.int64))
+        with tf.control_dependencies([too_many]):
+            image = decode_and_resize(encoded, (height, width), channels)
+        if pixels_input:  # the model normalises inside: back to the [0, 255] pixels
+            image = (image + 1.0) * 127.5
+        return index, image
+
+    def gather(dataset, empty):
+        # A sentinel element keeps the batch non-empty when every image fails.
+        sentinel = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int32), empty))
+        rows, values = dataset.ignore_errors().concatenate(sentinel).batch(1 << 30).get_single_element()
+        return rows[:-1], values[:-1]
+
+    rows, sizes = gather(indexed.map(header), tf.constant(0, tf.int64))
+    size = tf.scatter_nd(rows[:, None], sizes + 1, [count]) - 1  # -1: no size in the header
+    rows, decoded = gather(indexed.map(decode), tf.zeros((height, width, channels), tf.float32))
+    ok = tf.scatter_nd(rows[:, None], tf.ones_like(rows, tf.bool), [count])
+    pixels = tf.scatter_nd(rows[:, None], decoded, [count, height, width, channels])
+    error = tf.where(
+        ok,
+        tf.constant(""),
+        tf.where(
+            size > max_pixels,
+            tf.constant(f"more than max_pixels={max_pixels:,} pixels (width x height in the header)"),
+            tf.constant("not a readable JPEG/PNG/BMP/GIF image"),
+        ),
+    )
+    return pixels, ok, error
+
+
+def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K, max_pixels=DEFAULT_MAX_PIXELS):
     """Writes a SavedModel with a bytes signature and a float-tensor signature.
 
     ``serving_default`` takes ``images``: (B,) encoded JPEG/PNG/BMP/GIF strings of any
-    size, decodes, resizes (bilinear) and scales them to [-1, 1], and returns
-    ``probabilities`` (B, K), ``top_k_ids`` (B, k) int32, ``top_k_probabilities`` (B, k)
-    and ``top_k_names`` (B, k) strings. ``serving_images`` takes ``images``: (B, H, W, C)
-    float32 in [-1, 1] and returns ``outputs`` (the model's raw output) and
-    ``probabilities``.
+    size up to ``max_pixels`` (width x height, read from the header before decoding),
+    decodes, resizes (bilinear) and scales them as the model expects, and returns per
+    image ``ok`` (B,) bool and ``error`` (B,) string (empty when ok), ``probabilities``
+    (B, K), ``top_k_ids`` (B, k) int32, ``top_k_probabilities`` (B, k) and ``top_k_names``
+    (B, k) strings. An image that cannot be read fails only its own row: ``ok`` false,
+    probabilities 0, ids -1, names empty. ``serving_images`` takes ``images``: (B, H, W, C)
+    float32 in the model's input range ([-1, 1], or [0, 255] for a model built with
+    ``include_preprocessing=True``) and returns ``outputs`` (the model's raw output) and
+    ``probabilities``. Both signatures share one copy of the weights.
 
     Args:
         model: the Keras model.
         directory: the SavedModel folder to write; must not exist yet.
         class_names: K class names.
         top_k: k of the top-k outputs (at most K).
+        max_pixels: largest decoded width x height the bytes signature accepts.
 
     Returns:
         ``directory``.
@@ -166,35 +276,38 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
     num_classes = int(model.outputs[0].shape[-1])
     top_k = min(int(top_k), num_classes)
     names = tf.constant(list(class_names), dtype=tf.string)
+    pixels_input = takes_pixels(model)
+    low, high = model_input_range(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
     def serve_images(images):
         # A signature call does not enforce its shape: a wrong size would be reshaped into wrong rows.
         tf.debugging.assert_equal(
             tf.shape(images)[1:], tf.constant([height, width, channels]),
-            message=f"serving_images takes images of shape (batch, {height}, {width}, {channels}) in [-1, 1]",
+            message=f"serving_images takes images of shape (batch, {height}, {width}, {channels}) in [{low:g}, {high:g}]",
         )
         outputs = _exported_call(model, images)
         return {"outputs": outputs, "probabilities": _probabilities(outputs, output_kind)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_bytes(images):
-        pixels = tf.map_fn(
-            lambda encoded: decode_and_resize(encoded, (height, width), channels),
-            images,
-            fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32),
-        )
+        pixels, ok, error = _decode_batch(images, (height, width), channels, int(max_pixels), pixels_input)
         probabilities = _probabilities(_exported_call(model, pixels), output_kind)
+        probabilities = tf.where(ok[:, None], probabilities, tf.zeros_like(probabilities))
         top = tf.math.top_k(probabilities, k=top_k)
+        ids = tf.where(ok[:, None], top.indices, -tf.ones_like(top.indices))
         return {
+            "ok": ok,
+            "error": error,
             "probabilities": probabilities,
-            "top_k_ids": top.indices,
+            "top_k_ids": ids,
             "top_k_probabilities": top.values,
-            "top_k_names": tf.gather(names, top.indices),
+            "top_k_names": tf.where(ok[:, None], tf.gather(names, top.indices), tf.constant("")),
         }
 
+    # No archive.track(model): tracking saves each weight twice, once per Keras variable and
+    # once per TensorFlow variable its endpoints capture; the endpoints' own are enough.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
     archive.add_endpoint(FLOAT_SIGNATURE, serve_images)
     with replaced_folder_atomically(directory) as temporary:
@@ -205,13 +318,23 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K):
 def _float_savedmodel(model, directory):
     # The converter freezes the variables of a SavedModel; converting the live function
     # instead leaves VAR_HANDLE/READ_VARIABLE ops that a plain interpreter never initialises.
+    # Traced with the TFLite-friendly LayerNorm (keras_vit.deploy.tflite_forms).
     import keras
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
-    archive.write_out(directory, verbose=False)
+    with tflite_forms():
+        archive = keras.export.ExportArchive()
+        archive.add_endpoint(FLOAT_SIGNATURE, _float_function(model))
+        archive.write_out(directory, verbose=False)
     return directory
+
+
+# Ops of the mixed int8 file that stay float32: those XNNPACK runs only in float
+# (BATCH_MATMUL, SOFTMAX, GELU) and the LayerNorm and residual arithmetic between them,
+# so that int8 is used where it pays, in the weight matmuls, and nowhere else.
+_MIXED_FLOAT_OPS = (
+    "ADD", "BATCH_MATMUL", "CONCATENATION", "GELU", "LOGISTIC", "MEAN", "MUL", "NEG", "PAD",
+    "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE", "SQRT", "SUB", "TANH", "POW", "DIV",
+)
 
 
 def export_tflite(model, path, precision="float32", calibration_images=None, saved_model_dir=None):
@@ -222,11 +345,14 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
         path: the ``.tflite`` file to write.
         precision: ``"float32"``; ``"float16"`` (weights stored in float16);
             ``"dynamic_int8"`` (int8 weights, activations quantized on the fly);
-            ``"int8"`` (full integer: int8 weights and activations calibrated on
-            ``calibration_images``, int8 input and output with their scale and zero point
-            in the input/output details).
+            ``"int8"`` (full integer, for integer-only accelerators: int8 weights and
+            activations calibrated on ``calibration_images``, int8 input and output with
+            their scale and zero point in the input/output details, no float op);
+            ``"int8_mixed"`` (for CPUs: the weight matmuls (FULLY_CONNECTED, CONV_2D) in
+            int8 with calibrated activations, LayerNorm, GELU, softmax and the attention
+            batch matmuls in float32, float32 input and output).
         calibration_images: (N, H, W, C) float32 images in [-1, 1] from the training data;
-            required for ``"int8"``.
+            required for ``"int8"`` and ``"int8_mixed"``.
         saved_model_dir: a SavedModel with the ``serving_images`` signature to convert;
             written to a temporary folder when None.
 
@@ -240,9 +366,9 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
     import tensorflow as tf
 
     _check_precisions([precision])
-    if precision == "int8" and (calibration_images is None or len(calibration_images) == 0):
+    if precision in CALIBRATED_PRECISIONS and (calibration_images is None or len(calibration_images) == 0):
         raise ValueError(
-            "Full-integer int8 needs calibration images from the training data "
+            f"{precision} needs calibration images from the training data "
             "(calibration_images, or --images DIR on the command line); got none."
         )
     with tempfile.TemporaryDirectory() as scratch:
@@ -254,14 +380,26 @@ def export_tflite(model, path, precision="float32", calibration_images=None, sav
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if precision == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        if precision == "int8":
+        if precision in CALIBRATED_PRECISIONS:
             calibration = np.asarray(calibration_images, dtype="float32")
             converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+        if precision == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         try:
-            flatbuffer = converter.convert()
+            if precision == "int8_mixed":
+                # The converter's selective quantization: the denylisted ops keep float32.
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter,
+                    debug_dataset=lambda: ([calibration[i : i + 1]] for i in range(1)),
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(_MIXED_FLOAT_OPS)),
+                )
+                flatbuffer = debugger.get_nondebug_quantized_model()
+            else:
+                flatbuffer = converter.convert()
+            if precision == "int8":
+                flatbuffer, _ = symmetric_matmul_operands(flatbuffer)
         except Exception as error:  # the converter raises ConverterError and others
             raise RuntimeError(f"TFLite conversion ({precision}) of {path} failed: {error}") from error
     with replaced_atomically(path) as temporary, open(temporary, "wb") as file:
@@ -287,6 +425,23 @@ def tflite_ops(path):
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
 
+def float_ops(path):
+    """Names of the ops of a TFLite file that read or write a float tensor.
+
+    Empty for a file an integer-only accelerator (NPU, DSP, Edge TPU) can run whole.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(os.fspath(path))
+    found = set()
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            tensors = [int(t) for t in list(op.inputs) + list(op.outputs) if int(t) >= 0]
+            if any(graph.tensors[t].type in (0, 1, 10) for t in tensors):  # FLOAT32, FLOAT16, FLOAT64
+                found.add(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex))
+    return sorted(found)
+
+
 def _is_builtin_op(name):
     # Builtin ops are upper-case names (ADD, BATCH_MATMUL); custom and Flex ops are not.
     return name.isupper() and not name.startswith("FLEX")
@@ -295,9 +450,10 @@ def _is_builtin_op(name):
 def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
     """Converts the model to ONNX with tf2onnx, with a dynamic batch dimension.
 
-    The graph takes ``images`` (B, H, W, C) float32 in [-1, 1] and returns ``outputs``.
-    The class names and output kind are stored in the model's metadata
-    (``class_names`` as JSON, ``output_kind``), so the file is self-describing.
+    The graph takes ``images`` (B, H, W, C) float32 in the model's input range ([-1, 1],
+    or [0, 255] for a model that normalises inside) and returns ``outputs``. The class
+    names, output kind and input range are stored in the model's metadata (``class_names``
+    and ``input_range`` as JSON, ``output_kind``), so the file is self-describing.
 
     Args:
         model: the Keras model.
@@ -327,7 +483,11 @@ def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
     onnx_model.graph.output[0].name = _rename_output(onnx_model, "outputs")
     onnx.helper.set_model_props(
         onnx_model,
-        {"class_names": json.dumps(list(class_names)), "output_kind": model_output_kind(model)},
+        {
+            "class_names": json.dumps(list(class_names)),
+            "output_kind": model_output_kind(model),
+            "input_range": json.dumps([float(v) for v in model_input_range(model)]),
+        },
     )
     with replaced_atomically(path) as temporary:
         onnx.save(onnx_model, temporary)
@@ -425,13 +585,99 @@ def _bytes_signature_parity(directory, model, images, output_kind):
     """Top-1 agreement of the bytes signature with Keras on the same decoded images."""
     import tensorflow as tf
 
-    pixels = np.round((np.asarray(images) + 1.0) * 127.5).clip(0, 255).astype("uint8")
+    takes = takes_pixels(model)
+    pixels = np.asarray(images) if takes else (np.asarray(images) + 1.0) * 127.5
+    pixels = np.round(pixels).clip(0, 255).astype("uint8")
     encoded = tf.constant([tf.io.encode_png(image).numpy() for image in pixels])
-    decoded = scale_pixels(pixels)
+    decoded = pixels.astype("float32") if takes else scale_pixels(pixels)
     keras_top1 = np.asarray(model(decoded, training=False)).argmax(-1)
     result = tf.saved_model.load(directory).signatures[BYTES_SIGNATURE](images=encoded)
     top1 = result["top_k_ids"].numpy()[:, 0]
-    return {"num_images": int(len(pixels)), "top1_agreement": float(np.mean(top1 == keras_top1))}
+    return {
+        "num_images": int(len(pixels)),
+        "top1_agreement": float(np.mean(top1 == keras_top1)),
+        "all_ok": bool(np.all(result["ok"].numpy())),
+    }
+
+
+# --------------------------------------------------------------------------- what to ship
+TFLITE_DESCRIPTIONS = {
+    "float32": "float32 weights and arithmetic",
+    "float16": "float16 weights, float32 arithmetic on CPU (float16 on GPU delegates)",
+    "dynamic_int8": "int8 weights; activations quantized on the fly in the matmuls, float32 elsewhere",
+    "int8_mixed": "int8 weights and calibrated int8 activations in the weight matmuls; "
+    "LayerNorm, GELU, softmax and attention matmuls in float32; float32 input and output",
+    "int8": "full integer: every op int8 (int32 bias), int8 input and output; for integer-only accelerators",
+}
+TARGETS = ("cpu_phone", "gpu_delegate", "integer_only_accelerator")
+
+
+def _tflite_entries(artifacts):
+    return {e["precision"]: e for e in artifacts if e["format"] == "tflite" and e.get("verified")}
+
+
+def recommend(artifacts):
+    """The file to ship for each target, with the reason, from a manifest's artifacts.
+
+    ``cpu_phone``: the verified TFLite file fastest at one thread as measured at export,
+    the smaller one when two are within 10% (unmeasured: int8_mixed, else int8, ...); ``gpu_delegate``: float16 (the GPU delegate
+    computes in float16; int8 files are dequantized there and gain nothing), else float32;
+    ``integer_only_accelerator``: the full-integer int8 file when it has no float op.
+
+    Returns:
+        ``{target: {"file", "reason"}}``; ``file`` is None when no artifact fits.
+    """
+    tflite = _tflite_entries(artifacts)
+    chosen = {}
+    timed = [e for e in tflite.values() if isinstance(e.get("latency_ms", {}).get("1_thread"), float)]
+    if timed:
+        fastest = min(e["latency_ms"]["1_thread"] for e in timed)
+        near = [e for e in timed if e["latency_ms"]["1_thread"] <= 1.1 * fastest]
+        best = min(near, key=lambda e: (e["size_bytes"], e["latency_ms"]["1_thread"]))
+        reference = tflite.get("float32", {}).get("latency_ms", {}).get("1_thread")
+        versus = f", float32 {reference:.2f} ms" if reference and best["precision"] != "float32" else ""
+        chosen["cpu_phone"] = {
+            "file": best["file"],
+            "reason": f"fastest verified TFLite file at 1 thread on the exporting machine within 10% "
+            f"({best['latency_ms']['1_thread']:.2f} ms{versus}), the smallest of those "
+            f"({best['size_bytes'] / 1e6:.1f} MB); confirm on the phone with keras-vit benchmark --artifacts",
+        }
+    elif tflite:
+        # Unmeasured: int8 where CPUs gain (the weight matmuls), float32 where int8 is slow.
+        order = ["int8_mixed", "int8", "dynamic_int8", "float16", "float32"]
+        best = tflite[min(tflite, key=lambda precision: order.index(precision))]
+        chosen["cpu_phone"] = {
+            "file": best["file"],
+            "reason": f"latency not measured (latency_runs=0): the first verified of {', '.join(order)}",
+        }
+    else:
+        chosen["cpu_phone"] = {"file": None, "reason": "no verified TFLite file was exported"}
+    for precision in ("float16", "float32"):
+        if precision in tflite:
+            chosen["gpu_delegate"] = {
+                "file": tflite[precision]["file"],
+                "reason": "GPU delegates compute in float16: "
+                + ("float16 weights load as they are, at half the size of float32"
+                   if precision == "float16" else "float32 is the float file exported")
+                + "; int8 files are dequantized on the GPU and gain nothing",
+            }
+            break
+    else:
+        chosen["gpu_delegate"] = {"file": None, "reason": "no verified float TFLite file was exported"}
+    full = tflite.get("int8")
+    if full is not None and full.get("integer_only"):
+        chosen["integer_only_accelerator"] = {
+            "file": full["file"],
+            "reason": "every op int8 with int8 input and output (scale and zero point in the input "
+            "and output details): what NPUs, DSPs and the Edge TPU run whole",
+        }
+    else:
+        chosen["integer_only_accelerator"] = {
+            "file": None,
+            "reason": "no verified integer-only file (export the int8 precision with calibration images)"
+            if full is None else f"the int8 file still has float ops {full.get('float_ops')}",
+        }
+    return chosen
 
 
 # --------------------------------------------------------------------------- export
@@ -491,6 +737,8 @@ def export_model(
     tolerances=None,
     overwrite=False,
     progress=True,
+    latency_runs=DEFAULT_LATENCY_RUNS,
+    max_pixels=DEFAULT_MAX_PIXELS,
 ):
     """Exports a model to SavedModel / TFLite / ONNX, verifies each and writes the manifest.
 
@@ -513,11 +761,16 @@ def export_model(
         overwrite: replace artifacts that already exist in ``output_dir``; otherwise an
             existing one is an error, raised before anything is written.
         progress: show a progress bar over the artifacts.
+        max_pixels: largest decoded width x height the SavedModel's bytes signature accepts.
+        latency_runs: timed batch-1 runs per file and thread setting (median kept, in
+            the manifest as measured on this machine); 0 measures nothing.
 
     Returns:
         The manifest (also written to ``output_dir/manifest.json``): ``artifacts``, one
         entry per artifact with ``format``, ``precision``, ``file``, ``size_bytes``,
-        ``sha256``, ``input``, ``outputs`` and ``parity``.
+        ``sha256``, ``input``, ``outputs``, ``parity`` and ``latency_ms``; ``latency``
+        (how and where it was measured) and ``recommended`` (the file for each target,
+        with the reason).
 
     Raises:
         ValueError: bad formats, precisions, class names, missing calibration data, or an
@@ -552,9 +805,10 @@ def export_model(
     class_names = parse_class_names(class_names, num_classes)
     if data is None:
         data = export_data(model, images_dir)
-    if "int8" in precisions and data.get("calibration") is None:
+    calibrated = [p for p in precisions if p in CALIBRATED_PRECISIONS]
+    if calibrated and data.get("calibration") is None:
         raise ValueError(
-            f"Full-integer int8 needs calibration images from the training data, and a "
+            f"TFLite {' and '.join(calibrated)} needs calibration images from the training data, and a "
             f"{height}x{width}x{channels} model has no built-in dataset: pass --images DIR "
             f"(images_dir=...) or leave int8 out of the precisions ({list(TFLITE_PRECISIONS)})."
         )
@@ -578,7 +832,8 @@ def export_model(
     labels = data.get("verification_labels")
     reference = np.asarray(model.predict(verification, batch_size=64, verbose=0), dtype="float32")
     reference_scale = float(np.max(np.abs(reference)))
-    input_spec = {"name": "images", "shape": [None, height, width, channels], "dtype": "float32", "range": [-1.0, 1.0]}
+    input_range = [float(v) for v in model_input_range(model)]
+    input_spec = {"name": "images", "shape": [None, height, width, channels], "dtype": "float32", "range": input_range}
 
     artifacts, failures = [], []
     steps = keras.utils.Progbar(len(planned), unit_name="artifact") if progress else None
@@ -591,11 +846,15 @@ def export_model(
                 if os.path.exists(path):  # only reached with overwrite=True
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
                 if fmt == "savedmodel":
-                    export_savedmodel(model, path, class_names, top_k)
+                    export_savedmodel(model, path, class_names, top_k, max_pixels)
                     entry["signatures"] = {
                         BYTES_SIGNATURE: {
-                            "input": {"name": "images", "shape": [None], "dtype": "string", "content": "encoded JPEG/PNG/BMP/GIF, any size"},
-                            "outputs": ["probabilities", "top_k_ids", "top_k_probabilities", "top_k_names"],
+                            "input": {
+                                "name": "images", "shape": [None], "dtype": "string",
+                                "content": f"encoded JPEG/PNG/BMP/GIF, any size up to {int(max_pixels):,} pixels",
+                            },
+                            "outputs": ["ok", "error", "probabilities", "top_k_ids", "top_k_probabilities", "top_k_names"],
+                            "bad_images": "ok false and the reason in error; probabilities 0, top_k_ids -1",
                         },
                         FLOAT_SIGNATURE: {"input": input_spec, "outputs": ["outputs", "probabilities"]},
                     }
@@ -604,8 +863,13 @@ def export_model(
                         float_savedmodel = _float_savedmodel(model, os.path.join(scratch, "float_saved_model"))
                     export_tflite(model, path, precision, data.get("calibration"), float_savedmodel)
                     entry["ops"] = tflite_ops(path)
+                    entry["float_ops"] = float_ops(path)
+                    entry["integer_only"] = not entry["float_ops"]
+                    entry["description"] = TFLITE_DESCRIPTIONS[precision]
                     if precision == "int8":
-                        entry["input"] = dict(input_spec, dtype="int8", quantized_from="float32 in [-1, 1]")
+                        entry["input"] = dict(
+                            input_spec, dtype="int8", quantized_from=f"float32 in [{input_range[0]:g}, {input_range[1]:g}]"
+                        )
                     entry["labels"] = LABELS_FILENAME
                 else:
                     export_onnx(model, path, class_names, opset)
@@ -620,6 +884,8 @@ def export_model(
                 bytes_figures = figures.get("bytes_signature")
                 if problem is None and bytes_figures and bytes_figures["top1_agreement"] < 1.0:
                     problem = f"bytes signature top-1 agrees with Keras on {bytes_figures['top1_agreement']:.2%} only"
+                if problem is None and bytes_figures and not bytes_figures["all_ok"]:
+                    problem = "bytes signature reports valid PNG images as not ok"
             except (RuntimeError, ValueError, tf.errors.OpError) as error:
                 problem = str(error)
             entry["verified"] = problem is None
@@ -642,6 +908,21 @@ def export_model(
             shutil.rmtree(samples_dir)
         paths = write_sample_images(data["samples"], data["sample_labels"], class_names, samples_dir)
         samples = [os.path.relpath(p, output_dir) for p in paths]
+    latency = None
+    if latency_runs:
+        paths = {os.path.join(output_dir, e["file"]): e for e in artifacts if e.get("verified")}
+        measured = measure_latency(list(paths), verification[:1], runs=int(latency_runs))
+        for path, figures in measured.items():
+            paths[path]["latency_ms"] = figures
+        latency = {
+            "measured_on": f"at export on {machine()}",
+            "batch": 1,
+            "runs": int(latency_runs),
+            "threads": thread_settings(),
+            "note": "median ms per image of interleaved runs; SavedModel with TensorFlow's own thread "
+            "pools. Other devices differ (int8 gains most on CPUs with int8 dot-product instructions): "
+            "measure there with keras-vit benchmark --artifacts DIR.",
+        }
     from keras_vit.version import __version__
 
     manifest = {
@@ -651,7 +932,10 @@ def export_model(
         "export_dir": os.path.abspath(output_dir),
         "image_size": [height, width],
         "channels": channels,
-        "preprocessing": "decode, resize (bilinear) to image_size, scale x / 127.5 - 1 to [-1, 1]",
+        "input_range": input_range,
+        "preprocessing": "decode, resize (bilinear) to image_size, "
+        + ("keep [0, 255] pixels (the model normalises inside)" if input_range[1] > 1 else "scale x / 127.5 - 1 to [-1, 1]"),
+        "bytes_signature_max_pixels": int(max_pixels) if "savedmodel" in formats else None,
         "num_classes": num_classes,
         "class_names": class_names,
         "output_kind": output_kind,
@@ -660,6 +944,8 @@ def export_model(
         "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})},
         "keras_max_abs_output": reference_scale,
         "artifacts": artifacts,
+        "latency": latency,
+        "recommended": recommend(artifacts),
         "samples": samples,
     }
     write_json(os.path.join(output_dir, MANIFEST_FILENAME), manifest)
@@ -671,9 +957,20 @@ def export_model(
     return manifest
 
 
+def _ms(entry, label):
+    value = entry.get("latency_ms", {}).get(label)
+    if value is None and label == "all_threads":  # a SavedModel runs on TensorFlow's own pools
+        value = entry.get("latency_ms", {}).get("process_threads")
+    return f"{value:.2f}" if isinstance(value, float) else "-"
+
+
 def format_manifest(manifest):
-    """A Markdown table of a manifest's artifacts: size, parity figures, verification."""
-    rows = [["file", "format", "precision", "size (KiB)", "max abs diff", "top-1 agreement", "accuracy", "verified"]]
+    """A Markdown table of a manifest's artifacts (size, latency, parity, verification) and
+    the recommended file for each target."""
+    latency = manifest.get("latency") or {}
+    threads = latency.get("threads", {}).get("all_threads", "all")
+    rows = [["file", "format", "precision", "size (KiB)", "ms 1 thread", f"ms {threads} threads",
+             "max abs diff", "top-1 agreement", "accuracy", "verified"]]
     for entry in manifest["artifacts"]:
         figures = entry.get("parity", {})
         accuracy = figures.get("accuracy")
@@ -683,6 +980,8 @@ def format_manifest(manifest):
                 entry["format"],
                 entry["precision"],
                 f"{entry['size_bytes'] / 1024:,.0f}" if "size_bytes" in entry else "-",
+                _ms(entry, "1_thread"),
+                _ms(entry, "all_threads"),
                 f"{figures['max_abs_diff']:.2e}" if "max_abs_diff" in figures else "-",
                 f"{figures['top1_agreement']:.2%}" if "top1_agreement" in figures else "-",
                 "-" if accuracy is None else f"{accuracy:.2%} (Keras {figures['keras_accuracy']:.2%})",
@@ -694,4 +993,11 @@ def format_manifest(manifest):
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
     lines.append(f"\nArtifacts in {manifest['export_dir']}; verified on {manifest['verification_data']}.")
+    if latency:
+        lines.append(f"Latency: batch 1, median of {latency['runs']} runs, measured {latency['measured_on']}.")
+    recommended = manifest.get("recommended") or {}
+    if recommended:
+        lines.append("\nRecommended:")
+        for target, choice in recommended.items():
+            lines.append(f"- {target}: {choice['file'] or 'none'} ({choice['reason']})")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, read_images
-from keras_vit.deploy.artifacts import Artifact, load_artifact
+from keras_vit.deploy.artifacts import Artifact, from_unit_range, load_artifact
 
 
 def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=DEFAULT_MAX_PIXELS):
@@ -34,7 +34,7 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=D
     images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels, max_pixels=max_pixels)
     predictions = []
     if len(read):
-        probabilities = artifact.probabilities(images)
+        probabilities = artifact.probabilities(from_unit_range(images, artifact.input_range))
         k = min(int(top_k), probabilities.shape[-1])
         for path, row in zip(read, probabilities):
             order = np.argsort(-row, kind="stable")[:k]

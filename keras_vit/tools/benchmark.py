@@ -622,3 +622,89 @@ def machine_description() -> Dict:
 
 if __name__ == "__main__":
     _child_main()
+
+
+# --------------------------------------------------------------------------- exported artifacts
+def benchmark_artifacts(directory: str, runs: int = 50, settings: Optional[Dict] = None, clock: str = "wall") -> Dict:
+    """Batch-1 latency of every file in an export folder, on this machine, interleaved.
+
+    Times each ``.tflite`` (every precision, LiteRT with XNNPACK), ``.onnx``
+    (onnxruntime) and the SavedModel (TensorFlow) in this one process, round after round
+    (:func:`keras_vit.deploy.latency.measure_latency`), on a random image in the model's
+    input range, so a user measures the files on their own device class.
+
+    Args:
+        directory: a folder written by ``keras-vit export``.
+        runs: timed rounds (median kept).
+        settings: ``{label: threads}``; 1 thread and all threads when None.
+        clock: ``"wall"``, or ``"thread"`` (CPU time of 1-thread runs, for a shared
+            machine; see :func:`keras_vit.deploy.latency.measure_latency`).
+
+    Returns:
+        ``{"directory", "machine", "runs", "threads", "results": [{"file", "format",
+        "precision", "size_bytes", "latency_ms": {label: ms}}]}``.
+
+    Raises:
+        FileNotFoundError: no such folder, or nothing it holds can be timed.
+    """
+    from keras_vit.deploy import artifacts, latency
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"No such export folder: {directory!r}.")
+    manifest_path = os.path.join(directory, artifacts.MANIFEST_FILENAME)
+    manifest = {}
+    if os.path.isfile(manifest_path):
+        with open(manifest_path) as handle:
+            manifest = json.load(handle)
+    entries = {entry["file"]: entry for entry in manifest.get("artifacts", [])}
+    paths = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        try:
+            if artifacts.artifact_kind(path) in ("tflite", "onnx", "savedmodel"):
+                paths.append(path)
+        except ValueError:
+            continue
+    if not paths:
+        raise FileNotFoundError(
+            f"{directory!r} holds no .tflite, .onnx or SavedModel to time; pass a folder written by keras-vit export."
+        )
+    first = artifacts.load_artifact(paths[0])
+    low, high = first.input_range
+    image = np.random.default_rng(0).uniform(low, high, (1, *first.image_size, first.channels)).astype("float32")
+    settings = settings or latency.thread_settings()
+    measured = latency.measure_latency(paths, image, runs=runs, settings=settings, clock=clock)
+    if clock == "thread":
+        settings = {label: threads for label, threads in settings.items() if threads == 1}
+    results = []
+    for path in paths:
+        name = os.path.basename(path)
+        entry = entries.get(name, {})
+        kind = artifacts.artifact_kind(path)
+        size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files) \
+            if os.path.isdir(path) else os.path.getsize(path)
+        results.append(dict(file=name, format=kind, precision=entry.get("precision", "float32" if kind != "tflite" else "?"),
+                            size_bytes=size, latency_ms=measured.get(path, {})))
+    return dict(directory=os.path.abspath(directory), machine=latency.machine(), runs=int(runs), threads=settings,
+                clock=clock, results=[r for r in results if r["latency_ms"]])
+
+
+def format_artifact_results(report: Dict) -> str:
+    """A Markdown table of :func:`benchmark_artifacts`' report."""
+    labels = list(report["threads"]) + ["process_threads"]
+    header = ["file", "format", "precision", "size (MB)"] + [
+        f"ms {report['threads'][label]} thread{'s' if report['threads'][label] != 1 else ''}" if label in report["threads"]
+        else "ms (TF threads)" for label in labels
+    ]
+    rows = [header]
+    for result in report["results"]:
+        figures = result["latency_ms"]
+        rows.append([result["file"], result["format"], result["precision"], f"{result['size_bytes'] / 1e6:.2f}"]
+                    + [f"{figures[label]:.2f}" if isinstance(figures.get(label), float) else figures.get("error", "-")
+                       for label in labels])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    clock = " (CPU time of the calling thread)" if report.get("clock") == "thread" else ""
+    lines.append(f"\nBatch 1, median of {report['runs']} interleaved runs{clock} on {report['machine']}.")
+    return "\n".join(lines)
