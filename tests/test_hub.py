@@ -368,3 +368,31 @@ def test_a_timm_config_without_model_args_is_read_from_the_architecture_name_and
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="Cannot tell the attention heads of timm architecture 'vit_unknownwidth_patch8_32'"):
         keras_vit.from_pretrained(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the exporters convert TensorFlow graphs")
+def test_the_checkpoints_class_names_and_preprocessing_reach_export_and_predict(tmp_path):
+    from PIL import Image
+
+    from keras_vit.weights.hub import convert_pretrained
+
+    model_path = tmp_path / "hf_vit.keras"
+    model = convert_pretrained(HUB / "hf_vit", model_path, include_preprocessing=True)
+    names = [f"class_{i}" for i in range(5)]
+    raw = expected("hf_vit")["raw"]
+    files = []
+    for index, pixels in enumerate(raw):
+        files.append(tmp_path / f"image_{index}.png")
+        Image.fromarray(pixels).save(files[-1])
+    manifest = keras_vit.export_model(
+        str(model_path), tmp_path / "export", formats="tflite", tflite_precisions=["float32"], progress=False,
+        latency_runs=0,
+    )
+    assert manifest["class_names"] == names and manifest["input_range"] == [0.0, 255.0]
+    assert (tmp_path / "export" / "labels.txt").read_text().split() == names
+    wanted = [names[i] for i in np.argmax(expected("hf_vit")["raw_logits"], axis=1)]
+    for artifact in (model_path, tmp_path / "export" / "model_float32.tflite"):
+        result = keras_vit.predict_files(str(artifact), [str(f) for f in files], top_k=1)
+        assert [p["top_k"][0]["label"] for p in result["predictions"]] == wanted, artifact
+    assert model.class_names == tuple(names)

@@ -200,10 +200,7 @@ def test_bytes_signature_fails_only_the_unreadable_images(exported):
 
 # --------------------------------------------------------------------------- preprocessing inside
 def test_a_model_with_preprocessing_inside_exports_and_predicts_on_pixels(tmp_path):
-    try:
-        model = _tiny(include_preprocessing=True)
-    except TypeError as error:
-        pytest.skip(f"keras_vit.ViT does not accept include_preprocessing yet ({error}); remove this skip once it does")
+    model = _tiny(include_preprocessing=True)
     assert artifacts.takes_pixels(model)
     data = _data(model, 50)
     assert float(data["verification"].max()) > 1.0  # calibrated and verified on [0, 255] pixels

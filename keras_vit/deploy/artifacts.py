@@ -108,6 +108,12 @@ def parse_class_names(spec, num_classes):
 def model_input_spec(model):
     """``(height, width, channels)`` of a model's image input."""
     shape = model.inputs[0].shape
+    if getattr(model, "dynamic_image_size", False):
+        raise ValueError(
+            f"{model.name} takes images of any size; the exported files are of one size: rebuild it at the size "
+            f"to serve (from_pretrained(..., image_size=S) or dynamic_image_size=False), or export a dynamic "
+            f"SavedModel with model.export(path, format='tf_saved_model')."
+        )
     if len(shape) != 4 or any(size is None for size in shape[1:]):
         raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
     return int(shape[1]), int(shape[2]), int(shape[3])
@@ -267,7 +273,8 @@ class KerasArtifact(Artifact):
         self.image_size = (height, width)
         self.num_classes = int(self.model.outputs[0].shape[-1])
         self._finish(
-            class_names=run_folder.of_model(path).class_names(),
+            # A run's names; else those the model carries (a checkpoint's id2label).
+            class_names=run_folder.of_model(path).class_names() or getattr(self.model, "class_names", None),
             output_kind=model_output_kind(self.model),
             input_range=model_input_range(self.model),
         )

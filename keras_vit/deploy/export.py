@@ -802,6 +802,8 @@ def export_model(
     height, width, channels = model_input_spec(model)
     output_kind = model_output_kind(model)
     num_classes = int(model.outputs[0].shape[-1])
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)  # a checkpoint's id2label, carried by the model
     class_names = parse_class_names(class_names, num_classes)
     if data is None:
         data = export_data(model, images_dir)
