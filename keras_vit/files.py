@@ -18,9 +18,10 @@ def replaced_atomically(path):
     """Yields a temporary path in ``path``'s folder; once the block has written it, the file
     is flushed to disk and renamed over ``path``. A kill at any instant leaves the old file
     or the new one, never a torn one. The temporary name keeps ``path``'s extension (Keras
-    checks ``.keras``)."""
+    checks ``.keras`` and ``.weights.h5``)."""
     folder, name = os.path.split(os.fspath(path))
-    temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}{os.path.splitext(name)[1]}")
+    extension = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
+    temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}{extension}")
     try:
         yield temporary
         with open(temporary, "rb") as file:
