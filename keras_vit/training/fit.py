@@ -137,9 +137,11 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         try:
             # The stream skips the batches already trained on; a run resumed mid-epoch first
             # finishes that epoch with the steps it has left, then goes on with whole epochs.
-            if step:
-                model.fit(datasets.stream(epoch * steps_per_epoch + step), initial_epoch=epoch, epochs=epoch + 1,
-                          steps_per_epoch=steps_per_epoch - step, **fit)
+            if step:  # (epochs=config.epochs and a stop after one, so that the bar says "Epoch E/epochs")
+                stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: setattr(model, "stop_training", True))
+                fit_one = {**fit, "callbacks": callbacks + [stop]}
+                model.fit(datasets.stream(epoch * steps_per_epoch + step), initial_epoch=epoch, epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch - step, **fit_one)
                 epoch += 1
             if epoch < config.epochs:
                 model.fit(datasets.stream(epoch * steps_per_epoch), initial_epoch=epoch, epochs=config.epochs,
