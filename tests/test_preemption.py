@@ -116,7 +116,9 @@ def test_sigterm_mid_epoch_saves_the_step_exits_143_and_the_same_command_resumes
     # resumed run saw the same batches from step `step` of epoch 1 on, in the same order.
     whole = train(TrainConfig(**TINY, output=str(tmp_path / "whole")), verbose=0)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # train() gives SIGTERM back
-    for resumed_weight, whole_weight in zip(_weights(output / "model.keras"), _weights(tmp_path / "whole" / "model.keras")):
+    resumed_weights, whole_weights = _weights(output / "model.keras"), _weights(tmp_path / "whole" / "model.keras")
+    assert len(resumed_weights) == len(whole_weights)
+    for resumed_weight, whole_weight in zip(resumed_weights, whole_weights):
         np.testing.assert_allclose(resumed_weight, whole_weight, rtol=0, atol=1e-6)
     rows, whole_rows = _history(output / "history.csv"), _history(tmp_path / "whole" / "history.csv")
     for row, whole_row in zip(rows, whole_rows):  # validation after each epoch: the same numbers

@@ -171,7 +171,9 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
 
     height, width = _as_size(image_size)
     image = _match_channels(image, channels)
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2)) if seed is not None else (None, None)
+    crop_seed = flip_seed = None
+    if seed is not None:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if crop == "inception":
         box = dict(
             bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
@@ -183,7 +185,9 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
         if seed is None:
             begin, crop_size, _ = tf.image.sample_distorted_bounding_box(tf.shape(image), **box)
         else:
-            begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(tf.shape(image), seed=crop_seed, **box)
+            begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(image), seed=crop_seed, **box
+            )
         image = tf.slice(image, begin, crop_size)
         image.set_shape([None, None, channels])  # a slice of runtime size loses the static channel count
         image = tf.image.resize(image, (height, width), method="bilinear")
@@ -340,17 +344,22 @@ def _build_pipelines(
         order_seed = tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
         examples = train.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
         examples = examples.take(examples_per_pass).enumerate()
-        return examples.map(lambda position, example: (tf.random.experimental.stateless_fold_in(key, position), example))
+        fold_in = tf.random.experimental.stateless_fold_in
+        return examples.map(lambda position, example: (fold_in(key, position), example))
 
     def train_map(image_seed, example):
         image, label = decode(*example) if decode is not None else example
-        image = preprocess_for_train(image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed)
+        image = preprocess_for_train(
+            image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed
+        )
         return image, one_hot(label)
 
-    # Full batches only: replicas and accumulated micro-batches then always see equal shares.
+    # RandAugment, MixUp and CutMix draw from Keras's seed generators, whose state is not
+    # part of the stream: a resumed run draws them afresh (its images and order are exact).
     augment = _batch_augmenter(randaugment, mixup, cutmix, seed)
 
     def batched(examples):
+        # Full batches only: replicas and accumulated micro-batches then always see equal shares.
         batches = examples.map(train_map, num_parallel_calls=autotune).batch(batch_size, drop_remainder=True)
         if augment is not None:
             batches = batches.map(augment, num_parallel_calls=autotune)

@@ -173,7 +173,8 @@ def read_backup(run: RunFolder):
         with open(run.backup_state) as file:
             state = json.load(file)
         return os.path.join(run.backup_dir, state["weights"]), int(state["epoch"]), int(state["step"])
-    weights, metadata = os.path.join(run.backup_dir, "latest.weights.h5"), os.path.join(run.backup_dir, "training_metadata.json")
+    weights = os.path.join(run.backup_dir, "latest.weights.h5")
+    metadata = os.path.join(run.backup_dir, "training_metadata.json")
     if os.path.isfile(weights) and os.path.isfile(metadata):
         with open(metadata) as file:
             return weights, int(json.load(file)["epoch"]), 0
@@ -202,7 +203,8 @@ class StopOnSigterm(keras.callbacks.Callback):
     raises :class:`Preempted`.
 
     Listed last, so that at an epoch's end every other callback has written its files
-    before it stops the run; a request during the last epoch lets the run finish.
+    before it stops the run. A request at an epoch's last step stops at that epoch's end
+    (step 0 of the next); one after the last step of the last epoch lets the run finish.
     """
 
     def __init__(self, run: RunFolder, backup: Backup, requested: threading.Event, steps_per_epoch: int, epochs: int):

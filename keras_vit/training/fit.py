@@ -5,9 +5,9 @@ pipelines, the model and its optimizer inside the strategy's scope, and fits wit
 callbacks that make the run crash-proof (a backup every epoch, and on SIGTERM at the
 next step), logged (``CSVLogger``, TensorBoard, a curve PNG) and safe from NaN losses.
 It fits on the data's endless stream (``Datasets.stream``), whose batches depend on the
-seed and the step alone, so a run resumed mid-epoch sees the batches it would have seen. Every run writes one folder
-(:mod:`keras_vit.run_folder`), through the lifecycle it shares with the multi-worker loop
-(:mod:`keras_vit.training.lifecycle`).
+seed and the step alone, so a run resumed mid-epoch sees the batches it would have seen.
+Every run writes one folder (:mod:`keras_vit.run_folder`), through the lifecycle it
+shares with the multi-worker loop (:mod:`keras_vit.training.lifecycle`).
 
 Multi-worker runs use the custom loop of :mod:`keras_vit.training.multiworker` because
 Keras 3's ``fit`` does not run under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
@@ -131,7 +131,8 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
                 f"{f' x {accumulation} accumulated' if accumulation > 1 else ''}, {policy}, "
                 f"jit_compile={jit_compile}; run folder {run.path}"
                 + (f" (resuming after epoch {len(previous_rows)})" if resuming and not step else "")
-                + (f" (resuming at epoch {epoch + 1} step {step}/{steps_per_epoch}, where it was preempted)" if step else "")
+                + (f" (resuming at epoch {epoch + 1} step {step}/{steps_per_epoch}, where it was preempted)"
+                   if step else "")
             )
         fit = dict(validation_data=datasets.validation, callbacks=callbacks, verbose=verbose, shuffle=False)
         try:
