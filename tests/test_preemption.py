@@ -95,7 +95,7 @@ def test_sigterm_mid_epoch_saves_the_step_exits_143_and_the_same_command_resumes
     step = int(found.group(1))
     assert sent <= step < STEPS and found.group(2) == str(output / "backup")
     assert json.loads((output / "backup" / "state.json").read_text()) == {
-        "epoch": 0, "step": step, "weights": f"epoch0-step{step}.weights.h5", "preempted": True,
+        "epoch": 0, "step": step, "weights": f"epoch0-step{step}.keras", "preempted": True,
     }  # fmt: skip
     assert _history(output / "history.csv") == []  # no epoch has ended
     assert not (output / "metrics.json").exists()

@@ -120,7 +120,7 @@ class Preempted(Exception):
 class Backup(keras.callbacks.Callback):
     """Saves the resumable state of the run in ``backup/``: every epoch, and on demand mid-epoch.
 
-    The state is the model's and the optimizer's variables (``model.save_weights``) and
+    The state is the model with its optimizer's variables (a ``.keras`` file) and
     where the run stands, ``{"epoch": E, "step": S}``: the next batch is step ``S`` of
     epoch ``E`` (both from 0). The weights go to a new file and ``state.json``, naming it,
     replaces the old one atomically; so a kill at any instant leaves one whole state.
@@ -154,9 +154,10 @@ class Backup(keras.callbacks.Callback):
 def save_backup(run: RunFolder, model, epoch: int, step: int, preempted=False) -> None:
     """Writes the state of :class:`Backup` (see there) and removes the one it replaces."""
     os.makedirs(run.backup_dir, exist_ok=True)
-    name = f"epoch{epoch}-step{step}.weights.h5"
-    with replaced_atomically(os.path.join(run.backup_dir, name)) as temporary:
-        model.save_weights(temporary)
+    # A .keras file: Keras writes its weights through memory into the zip, so a refused
+    # write is one clean OSError (h5py writing to disk leaves a handle that crashes at exit).
+    name = f"epoch{epoch}-step{step}.keras"
+    save_model(model, os.path.join(run.backup_dir, name))
     write_json(run.backup_state, {"epoch": epoch, "step": step, "weights": name, "preempted": preempted})
     keep = {os.path.basename(run.backup_state), name}
     for entry in os.listdir(run.backup_dir):  # the state replaced, and Keras's BackupAndRestore files of older runs
