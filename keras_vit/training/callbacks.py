@@ -17,6 +17,7 @@ from keras_vit.run_folder import RunFolder
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
+
 class NaNLossError(RuntimeError):
     """The training loss stopped being finite."""
 
