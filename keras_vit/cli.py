@@ -4,7 +4,8 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that declares its fl
 sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches. An error
 from the library ends the command with one line and no traceback (unless ``--verbose``):
 exit status 2 for input it cannot use (a bad value, a missing file), 1 for a run or a
-verification that failed or a system refusal (permissions, a full disk), 0 for success.
+verification that failed or a system refusal (permissions, a full disk), 0 for success;
+``keras-vit train`` stopped by SIGTERM exits with 143 once it has saved where it was.
 
 Nothing here imports Keras or TensorFlow before a handler runs, so ``--help``,
 ``--version`` and argument errors answer at once; and unless ``--verbose`` is given, the
@@ -205,7 +206,9 @@ def _add_train(subparsers):
         help="train a ViT (default: the small ViT on the embedded MNIST digits)",
         description="Trains a ViT with model.fit and writes one run folder (saved_models/<run-name>/ or "
         "--output): model.keras, config.json, history.csv, training_curves.png, metrics.json, TensorBoard "
-        "logs. Flags override the --config file. A killed run resumes when the same command is given again.",
+        "logs. Flags override the --config file. A killed run resumes when the same command is given again. "
+        "On SIGTERM (a scheduler's preemption) it saves the step it is at and exits with status 143; the same "
+        "command then resumes from that step, with the data where it was.",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of configuration fields")
     defaults = TrainConfig()
@@ -230,9 +233,16 @@ def _run_train(args):
     overrides = {field: getattr(args, field) for field in TrainConfig.field_names() if hasattr(args, field)}
     config = resolve_config(TrainConfig.from_dict({**config.to_dict(), **overrides}))  # checked before TensorFlow loads
 
+    from keras_vit.training.callbacks import Preempted
     from keras_vit.training.fit import train
 
-    metrics = train(config, resume=args.resume, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
+    try:
+        metrics = train(config, resume=args.resume, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
+    except Preempted as preempted:  # not an error: the run is saved and resumes with the same command
+        if not args.quiet:
+            print()  # end the progress bar's line
+        print(f"keras-vit train: {preempted}", file=sys.stderr)
+        return preempted.exit_code
     if metrics.get("chief") is False:
         print(f"Worker done; the chief writes the run folder {metrics['run_dir']}.")
         return

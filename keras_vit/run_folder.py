@@ -6,7 +6,7 @@
         config.json          the resolved training configuration, with the class names
         model.keras          the trained model (``keras.saving.load_model``)
         checkpoints/         last.keras (every epoch) and best.keras (best val_accuracy)
-        backup/              resumable state while the run is unfinished
+        backup/              resumable state while the run is unfinished (state.json, weights)
         logs/                TensorBoard
         history.csv          one row per completed epoch
         training_curves.png  loss and accuracy per epoch
@@ -114,6 +114,11 @@ class RunFolder:
     @property
     def backup_dir(self) -> str:
         return self.file("backup")
+
+    @property
+    def backup_state(self) -> str:
+        """``backup/state.json``: where the run stands and which weights file holds its state."""
+        return self.file("backup", "state.json")
 
     def worker_backup_dir(self, task_index: int) -> str:
         """Where a non-chief worker writes its share of a multi-worker save (TF's convention)."""

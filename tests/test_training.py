@@ -146,7 +146,7 @@ def test_run_folder_contents_evaluate_and_no_overwrite(tmp_path, capsys):
         assert (output / name).is_file(), name
     assert (output / "checkpoints" / "last.keras").is_file() and (output / "checkpoints" / "best.keras").is_file()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(output / "logs" / "validation"))
-    assert not (output / "backup").exists()  # BackupAndRestore cleans up after a finished run.
+    assert not (output / "backup").exists()  # the resumable state goes once the run has finished
     rows = _history(output / "history.csv")
     assert [row["epoch"] for row in rows] == ["0", "1"]
     saved = json.loads((output / "metrics.json").read_text())
@@ -323,7 +323,8 @@ def test_run_killed_with_sigkill_mid_epoch_resumes_and_ends_with_the_same_step_c
             process.kill()
     assert process.returncode == -signal.SIGKILL
     assert len(_history(history)) == 2 and not (output / "metrics.json").exists()
-    assert json.loads((output / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    state = json.loads((output / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (2, 0)  # SIGKILL gives no warning: the last epoch's backup
 
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]

@@ -49,13 +49,17 @@ class Datasets:
 
     Attributes:
         train: ``tf.data.Dataset`` of ``(images, one_hot_labels)`` batches, shuffled,
-            augmented and repeated once per epoch (finite).
+            augmented and repeated once per epoch (finite; a fresh order each iteration).
         validation: ``tf.data.Dataset`` of ``(images, one_hot_labels)`` batches.
         num_classes: number of classes.
         class_names: list of class names, index = label.
         train_examples: number of training images.
         validation_examples: number of validation images.
         skipped_files: paths of unreadable files left out (image folders only).
+        stream: ``stream(skip_batches=0)``, the endless training stream that
+            ``keras_vit.train`` fits on: pass ``p`` over the data is shuffled and augmented
+            as a function of ``(seed, p)`` and each image's position alone, so a run resumed
+            in a new process sees exactly the batches it would have seen next.
     """
 
     train: object
@@ -65,6 +69,7 @@ class Datasets:
     train_examples: int
     validation_examples: int
     skipped_files: list = dataclasses.field(default_factory=list)
+    stream: object = None
 
 
 def _as_size(image_size):
@@ -144,7 +149,7 @@ def scale_pixels(images):
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
-def preprocess_for_train(image, *, image_size, channels=3, crop="inception", flip=True):
+def preprocess_for_train(image, *, image_size, channels=3, crop="inception", flip=True, seed=None):
     """Training preprocessing of one image, as the original: random crop, flip, [-1, 1].
 
     Args:
@@ -155,6 +160,9 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
             ``"translate"`` (pad by 10% and crop back, i.e. a random shift: for digits,
             which a large crop would destroy), or ``"none"`` (resize only).
         flip: random horizontal flip.
+        seed: None (TensorFlow's stateful random ops), or a ``[2]`` integer tensor that
+            fixes the crop and flip (stateless ops): the same seed gives the same image in
+            any process.
 
     Returns:
         float32 tensor (height, width, channels) in [-1, 1].
@@ -163,15 +171,23 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
 
     height, width = _as_size(image_size)
     image = _match_channels(image, channels)
+    crop_seed = flip_seed = None
+    if seed is not None:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if crop == "inception":
-        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-            tf.shape(image),
+        box = dict(
             bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
             area_range=INCEPTION_CROP_AREA,
             aspect_ratio_range=(3 / 4, 4 / 3),
             min_object_covered=0.0,
             use_image_if_no_bounding_boxes=True,
         )
+        if seed is None:
+            begin, crop_size, _ = tf.image.sample_distorted_bounding_box(tf.shape(image), **box)
+        else:
+            begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(image), seed=crop_seed, **box
+            )
         image = tf.slice(image, begin, crop_size)
         image.set_shape([None, None, channels])  # a slice of runtime size loses the static channel count
         image = tf.image.resize(image, (height, width), method="bilinear")
@@ -180,11 +196,17 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
         pad_h, pad_w = max(1, round(height * TRANSLATE_PAD_FRACTION)), max(1, round(width * TRANSLATE_PAD_FRACTION))
         # Black padding: the background of digits and the usual choice for CIFAR-style shifts.
         image = tf.pad(image, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-        image = tf.image.random_crop(image, (height, width, channels))
+        if seed is None:
+            image = tf.image.random_crop(image, (height, width, channels))
+        else:
+            image = tf.image.stateless_random_crop(image, (height, width, channels), seed=crop_seed)
     else:
         image = tf.image.resize(image, (height, width), method="bilinear")
     if flip:
-        image = tf.image.random_flip_left_right(image)
+        if seed is None:
+            image = tf.image.random_flip_left_right(image)
+        else:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     image = tf.clip_by_value(image, 0.0, 255.0)
     return scale_pixels(tf.ensure_shape(image, (height, width, channels)))
 
@@ -281,37 +303,82 @@ def _build_pipelines(
     shuffle_buffer,
     seed,
     cache,
+    train_examples,
+    decode=None,
 ):
-    """Turns datasets of ``(uint8 image, int label)`` into batched training/eval pipelines."""
+    """Turns datasets into batched pipelines: ``(train, validation, stream)`` (see :class:`Datasets`).
+
+    ``train`` yields the training examples in a fixed order, as ``(uint8 image, int label)``
+    or as what ``decode`` turns into that (a path and a label: decoding after the shuffle
+    keeps the shuffle buffer small and makes skipping cheap); ``validation`` yields
+    ``(uint8 image, int label)``.
+    """
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
+    if seed is None:
+        seed = int(np.random.randint(2**31))  # follows keras.utils.set_random_seed
+    base_seed = tf.constant([seed, 0], tf.int64)
+    examples_per_pass = train_examples // batch_size * batch_size  # full batches only
 
     def one_hot(label):
         return tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
-
-    def train_map(image, label):
-        return preprocess_for_train(image, image_size=image_size, channels=channels, crop=crop, flip=flip), one_hot(label)
 
     def eval_map(image, label):
         image = preprocess_for_eval(image, image_size=image_size, channels=channels, crop_fraction=eval_crop_fraction)
         return image, one_hot(label)
 
+    if decode is not None and cache:
+        train, decode = train.map(decode, num_parallel_calls=autotune), None
     if cache:
         train = train.cache()  # Decoded images; the random crops stay fresh every epoch.
-    train = train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    # Full batches only: replicas and accumulated micro-batches then always see equal shares.
-    train = train.map(train_map, num_parallel_calls=autotune).batch(batch_size, drop_remainder=True)
+
+    def one_pass(pass_key):
+        # Pass ``pass_key`` over the data: its order and every image's crop and flip are
+        # functions of (seed, pass_key, position) alone, whatever process computes them.
+        key = tf.random.experimental.stateless_fold_in(base_seed, pass_key)
+        # The graph seed of this function, not the process's: the shuffle's seed pair is then
+        # (1, order_seed) whatever keras.utils.set_random_seed said (and a tensor seed works
+        # where a global seed of 0 would make TensorFlow compare it as a bool).
+        tf.random.set_seed(1)
+        order_seed = tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
+        examples = train.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
+        examples = examples.take(examples_per_pass).enumerate()
+        fold_in = tf.random.experimental.stateless_fold_in
+        return examples.map(lambda position, example: (fold_in(key, position), example))
+
+    def train_map(image_seed, example):
+        image, label = decode(*example) if decode is not None else example
+        image = preprocess_for_train(
+            image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed
+        )
+        return image, one_hot(label)
+
+    # RandAugment, MixUp and CutMix draw from Keras's seed generators, whose state is not
+    # part of the stream: a resumed run draws them afresh (its images and order are exact).
     augment = _batch_augmenter(randaugment, mixup, cutmix, seed)
-    if augment is not None:
-        train = train.map(augment, num_parallel_calls=autotune)
-    train = train.prefetch(autotune)
+
+    def batched(examples):
+        # Full batches only: replicas and accumulated micro-batches then always see equal shares.
+        batches = examples.map(train_map, num_parallel_calls=autotune).batch(batch_size, drop_remainder=True)
+        if augment is not None:
+            batches = batches.map(augment, num_parallel_calls=autotune)
+        return batches.prefetch(autotune)
+
+    def stream(skip_batches=0):
+        first_pass, skipped = divmod(int(skip_batches), examples_per_pass // batch_size)
+        examples = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
+        return batched(examples.skip(skipped * batch_size))  # skipped before decoding, so skipping is cheap
+
+    # One pass with a fresh key each time it is iterated (each epoch of a plain model.fit).
+    one_epoch = batched(tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(one_pass))
+    one_epoch = one_epoch.apply(tf.data.experimental.assert_cardinality(examples_per_pass // batch_size))
 
     validation = validation.map(eval_map, num_parallel_calls=autotune)
     if cache:
         validation = validation.cache()
     validation = validation.batch(batch_size).prefetch(autotune)
-    return train, validation
+    return one_epoch, validation, stream
 
 
 def embedded_mnist(
@@ -355,7 +422,7 @@ def embedded_mnist(
         randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
     )
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
-    train, validation = _build_pipelines(
+    train, validation, stream = _build_pipelines(
         tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train)),
         tf.data.Dataset.from_tensor_slices((x_val[..., None], y_val)),
         num_classes=len(MNIST_CLASS_NAMES),
@@ -371,8 +438,11 @@ def embedded_mnist(
         shuffle_buffer=len(x_train),
         seed=seed,
         cache=False,  # Already in memory.
+        train_examples=len(x_train),
     )
-    return Datasets(train, validation, len(MNIST_CLASS_NAMES), list(MNIST_CLASS_NAMES), len(x_train), len(x_val))
+    return Datasets(
+        train, validation, len(MNIST_CLASS_NAMES), list(MNIST_CLASS_NAMES), len(x_train), len(x_val), stream=stream
+    )
 
 
 # --------------------------------------------------------------------------- image folders
@@ -457,16 +527,24 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     return paths, labels, list(class_names), skipped
 
 
+def _load_file(path, label):
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image, label
+
+
+def _file_list(paths, labels):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+
+
 def _file_dataset(paths, labels):
     import tensorflow as tf
 
-    def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return image, label
-
-    dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
-    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return _file_list(paths, labels).map(_load_file, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def image_folder(
@@ -545,8 +623,8 @@ def image_folder(
             f"{directory!r} has {len(paths)} training images, fewer than one batch of {batch_size}; "
             f"lower batch_size to at most {len(paths)}."
         )
-    train, validation_ds = _build_pipelines(
-        _file_dataset(paths, labels),
+    train, validation_ds, stream = _build_pipelines(
+        _file_list(paths, labels),
         _file_dataset(val_paths, val_labels),
         num_classes=len(class_names),
         image_size=size,
@@ -561,9 +639,12 @@ def image_folder(
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=cache,
+        train_examples=len(paths),
+        decode=_load_file,
     )
     return Datasets(
-        train, validation_ds, len(class_names), class_names, len(paths), len(val_paths), [p for p, _ in skipped]
+        train, validation_ds, len(class_names), class_names, len(paths), len(val_paths), [p for p, _ in skipped],
+        stream=stream,
     )
 
 
@@ -646,7 +727,12 @@ def tfds_dataset(
     sources = {}
     for role, split in (("train", train_split), ("validation", validation_split)):
         try:
-            sources[role] = builder.as_dataset(split=split, as_supervised=True, shuffle_files=role == "train")
+            # The files are read in one seeded order on every pass and in every process; each
+            # pass reshuffles the examples with its own seed (see _build_pipelines).
+            read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False)
+            sources[role] = builder.as_dataset(
+                split=split, as_supervised=True, shuffle_files=role == "train", read_config=read_config
+            )
         except (ValueError, KeyError) as error:
             raise ValueError(
                 f"TFDS dataset {name!r} has no split {split!r} ({error}); its splits are {splits}."
@@ -654,7 +740,7 @@ def tfds_dataset(
     label_feature = features["label"]
     train_examples = builder.info.splits[train_split].num_examples
     validation_examples = builder.info.splits[validation_split].num_examples
-    train, validation = _build_pipelines(
+    train, validation, stream = _build_pipelines(
         sources["train"],
         sources["validation"],
         num_classes=label_feature.num_classes,
@@ -670,9 +756,11 @@ def tfds_dataset(
         shuffle_buffer=min(train_examples, 10_000),
         seed=seed,
         cache=cache,
+        train_examples=train_examples,
     )
     return Datasets(
-        train, validation, label_feature.num_classes, list(label_feature.names), train_examples, validation_examples
+        train, validation, label_feature.num_classes, list(label_feature.names), train_examples, validation_examples,
+        stream=stream,
     )
 
 
@@ -695,10 +783,9 @@ def image_folder_dataset(
     """
     size = check_options(image_size=image_size, channels=channels, crop=crop, flip=flip, batch_size=batch_size)
     paths, labels, class_names, _ = scan_image_folder(directory)
-    files = _file_dataset(paths, labels)
-    train, evaluation = _build_pipelines(
-        files,
-        files,
+    train, evaluation, _ = _build_pipelines(
+        _file_list(paths, labels),
+        _file_dataset(paths, labels),
         num_classes=len(class_names),
         image_size=size,
         channels=channels,
@@ -712,5 +799,7 @@ def image_folder_dataset(
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,
+        train_examples=len(paths),
+        decode=_load_file,
     )
     return train if training else evaluation

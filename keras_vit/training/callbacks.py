@@ -1,15 +1,22 @@
-"""The callbacks of a training run: NaN guard, epoch timer, checkpoints, backup, logs, curves."""
+"""The callbacks of a training run: NaN guard, epoch timer, checkpoints, backup, preemption, logs, curves."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import signal
+import threading
 import time
 
 import keras
 
-from keras_vit.files import replaced_atomically, save_model
+from keras_vit.files import replaced_atomically, save_model, write_json
 from keras_vit.run_folder import RunFolder
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+
 
 class NaNLossError(RuntimeError):
     """The training loss stopped being finite."""
@@ -92,13 +99,141 @@ class Checkpoints(keras.callbacks.Callback):
             save_model(self.model, self.run.best_checkpoint)
 
 
-def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True):
-    """The run's callbacks, in the order they must run at the end of an epoch."""
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving its state; the same ``train`` call resumes it.
+
+    Attributes:
+        epoch: the epoch it stopped in, counted from 0.
+        step: the steps of that epoch done and saved (0: at the epoch's start).
+        exit_code: what ``keras-vit train`` exits with (143).
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, run: RunFolder, epoch: int, step: int, steps_per_epoch: int, epochs: int):
+        self.epoch, self.step = epoch, step
+        super().__init__(
+            f"preempted (SIGTERM) at epoch {epoch + 1}/{epochs} step {step}/{steps_per_epoch}; the model, optimizer "
+            f"and data position are saved in {run.backup_dir}; rerun the same command to resume from there."
+        )
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves the resumable state of the run in ``backup/``: every epoch, and on demand mid-epoch.
+
+    The state is the model with its optimizer's variables (a ``.keras`` file) and
+    where the run stands, ``{"epoch": E, "step": S}``: the next batch is step ``S`` of
+    epoch ``E`` (both from 0). The weights go to a new file and ``state.json``, naming it,
+    replaces the old one atomically; so a kill at any instant leaves one whole state.
+
+    Args:
+        run: the run folder.
+        initial_step: the steps already done in the first epoch of the next ``fit`` (a run
+            resumed mid-epoch); the same callback then serves the following ``fit`` calls.
+    """
+
+    def __init__(self, run: RunFolder, initial_step=0):
+        super().__init__()
+        self.run = run
+        self.epoch, self.step = 0, initial_step
+        self._initial_step = initial_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.step = epoch, self._initial_step
+        self._initial_step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1, 0)
+
+    def save(self, epoch: int, step: int, preempted=False) -> None:
+        save_backup(self.run, self.model, epoch, step, preempted=preempted)
+
+
+def save_backup(run: RunFolder, model, epoch: int, step: int, preempted=False) -> None:
+    """Writes the state of :class:`Backup` (see there) and removes the one it replaces."""
+    os.makedirs(run.backup_dir, exist_ok=True)
+    # A .keras file: Keras writes its weights through memory into the zip, so a refused
+    # write is one clean OSError (h5py writing to disk leaves a handle that crashes at exit).
+    name = f"epoch{epoch}-step{step}.keras"
+    save_model(model, os.path.join(run.backup_dir, name))
+    write_json(run.backup_state, {"epoch": epoch, "step": step, "weights": name, "preempted": preempted})
+    keep = {os.path.basename(run.backup_state), name}
+    for entry in os.listdir(run.backup_dir):  # the state replaced, and Keras's BackupAndRestore files of older runs
+        if entry not in keep and not entry.startswith("."):
+            os.remove(os.path.join(run.backup_dir, entry))
+
+
+def read_backup(run: RunFolder):
+    """``(weights path, epoch, step)`` of the run's saved state, or None when there is none.
+
+    Runs of earlier versions (Keras's ``BackupAndRestore``: ``latest.weights.h5`` and
+    ``training_metadata.json``) resume at the start of their saved epoch."""
+    if os.path.isfile(run.backup_state):
+        with open(run.backup_state) as file:
+            state = json.load(file)
+        return os.path.join(run.backup_dir, state["weights"]), int(state["epoch"]), int(state["step"])
+    weights = os.path.join(run.backup_dir, "latest.weights.h5")
+    metadata = os.path.join(run.backup_dir, "training_metadata.json")
+    if os.path.isfile(weights) and os.path.isfile(metadata):
+        with open(metadata) as file:
+            return weights, int(json.load(file)["epoch"]), 0
+    return None
+
+
+@contextlib.contextmanager
+def catching_sigterm():
+    """Yields a ``threading.Event`` set by SIGTERM while the block runs, instead of the
+    process ending; the previous handler comes back after. Signals reach Python's main
+    thread only, so elsewhere the event is never set and SIGTERM keeps its handler."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StopOnSigterm(keras.callbacks.Callback):
+    """Once ``requested`` is set (by SIGTERM, what GPU/TPU schedulers send before they take
+    the machine back: :func:`catching_sigterm`), saves the state at the next step's end and
+    raises :class:`Preempted`.
+
+    Listed last, so that at an epoch's end every other callback has written its files
+    before it stops the run. A request at an epoch's last step stops at that epoch's end
+    (step 0 of the next); one after the last step of the last epoch lets the run finish.
+    """
+
+    def __init__(self, run: RunFolder, backup: Backup, requested: threading.Event, steps_per_epoch: int, epochs: int):
+        super().__init__()
+        self.run, self.backup, self.requested = run, backup, requested
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.backup.step  # the Backup, listed before, has counted this batch
+        if self.requested.is_set() and step < self.steps_per_epoch:  # at the last step, stop at the epoch's end
+            self.backup.save(self.backup.epoch, step, preempted=True)
+            raise Preempted(self.run, self.backup.epoch, step, self.steps_per_epoch, self.epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.requested.is_set() and epoch + 1 < self.epochs:
+            raise Preempted(self.run, epoch + 1, 0, self.steps_per_epoch, self.epochs)
+
+
+def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True, backup=None):
+    """The run's callbacks, in the order they must run at the end of an epoch.
+
+    ``backup``: the :class:`Backup` to use (default a new one, from the first epoch)."""
     os.makedirs(run.checkpoints_dir, exist_ok=True)
     callbacks = [
         StopOnNaN(),
         EpochTimer(),
-        keras.callbacks.BackupAndRestore(run.backup_dir, double_checkpoint=True),
+        backup or Backup(run),
         keras.callbacks.CSVLogger(run.history_path, append=True),
         Checkpoints(run, best_val_accuracy=best_val_accuracy),
     ]

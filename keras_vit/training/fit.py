@@ -2,10 +2,12 @@
 
 ``train(TrainConfig(...))`` resolves and checks a configuration, builds the data
 pipelines, the model and its optimizer inside the strategy's scope, and fits with
-callbacks that make the run crash-proof (``BackupAndRestore``), logged (``CSVLogger``,
-TensorBoard, a curve PNG) and safe from NaN losses. Every run writes one folder
-(:mod:`keras_vit.run_folder`), through the lifecycle it shares with the multi-worker loop
-(:mod:`keras_vit.training.lifecycle`).
+callbacks that make the run crash-proof (a backup every epoch, and on SIGTERM at the
+next step), logged (``CSVLogger``, TensorBoard, a curve PNG) and safe from NaN losses.
+It fits on the data's endless stream (``Datasets.stream``), whose batches depend on the
+seed and the step alone, so a run resumed mid-epoch sees the batches it would have seen.
+Every run writes one folder (:mod:`keras_vit.run_folder`), through the lifecycle it
+shares with the multi-worker loop (:mod:`keras_vit.training.lifecycle`).
 
 Multi-worker runs use the custom loop of :mod:`keras_vit.training.multiworker` because
 Keras 3's ``fit`` does not run under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
@@ -20,7 +22,14 @@ import keras
 
 from keras_vit import run_folder
 from keras_vit.training import lifecycle
-from keras_vit.training.callbacks import NaNLossError, build_callbacks
+from keras_vit.training.callbacks import (
+    Backup,
+    NaNLossError,
+    StopOnSigterm,
+    build_callbacks,
+    catching_sigterm,
+    read_backup,
+)
 from keras_vit.training.config import TrainConfig, resolve_config
 from keras_vit.training.recipes import (
     accelerator,
@@ -42,7 +51,9 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
     With no argument it trains the default small ViT on the embedded MNIST digits. The
     configuration is resolved and checked, the run folder checked and the data found
     before any training starts. A run killed at any moment resumes from its last
-    completed epoch when ``train`` is called again with the same configuration.
+    completed epoch when ``train`` is called again with the same configuration; one ended
+    by SIGTERM (a scheduler's preemption) saves its state at the next step and resumes
+    from that step, with the data where it was.
 
     Args:
         config: a :class:`TrainConfig` (defaults: the embedded MNIST recipe).
@@ -58,6 +69,7 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
             may not be used (see :meth:`keras_vit.run_folder.RunFolder.check`).
         FileNotFoundError: for missing data or weights.
         RuntimeError: when the loss becomes NaN (the last good checkpoint is kept).
+        Preempted: on SIGTERM, once the state is saved (``keras-vit train`` exits with 143).
     """
     config = resolve_config(config or TrainConfig())
     keras.utils.set_random_seed(config.seed)
@@ -67,12 +79,13 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
         return multiworker.train(config, resume=resume, overwrite=overwrite, verbose=verbose)
     run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite)
     try:
-        return _fit(config, run, resuming, overwrite=overwrite, verbose=verbose)
+        with catching_sigterm() as sigterm:  # from here on, SIGTERM stops at the next step
+            return _fit(config, run, resuming, sigterm, overwrite=overwrite, verbose=verbose)
     finally:
         run.unlock()
 
 
-def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
+def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, verbose):
     # The run itself, with its folder locked by train().
     device = accelerator(config.strategy)
     strategy = build_strategy(config.strategy)
@@ -87,16 +100,12 @@ def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
         )
     global_batch = config.batch_size * replicas
     datasets = build_datasets(config, global_batch)
-    steps_per_epoch = datasets.train_examples // global_batch
-    train_data = datasets.train
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = config.steps_per_epoch
-        train_data = train_data.repeat()
-    if steps_per_epoch < 1:
+    if datasets.train_examples // global_batch < 1:
         raise ValueError(
             f"Invalid configuration: batch_size={config.batch_size} x {replicas} replicas = {global_batch} "
             f"exceeds the {datasets.train_examples} training images."
         )
+    steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
     updates_per_epoch = max(1, steps_per_epoch // accumulation)
     policy = resolve_precision(config.precision, device)
     jit_compile = resolve_jit_compile(config.jit_compile, device)
@@ -111,25 +120,33 @@ def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
             model = build_model(config, datasets.num_classes)
             optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas)
             compile_model(model, config, optimizer, jit_compile=jit_compile)
-        callbacks = build_callbacks(run, best_val_accuracy=best)
+            epoch, step = _restore(run, model) if resuming else (0, 0)
+        backup = Backup(run, initial_step=step)
+        callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
+        callbacks.append(StopOnSigterm(run, backup, sigterm, steps_per_epoch, config.epochs))  # last: see its doc
         if verbose:
             print(
                 f"Training {model.name} ({model.count_params():,} parameters) on {datasets.train_examples} "
                 f"images for {config.epochs} epochs: {replicas} replica(s) x batch {config.batch_size}"
                 f"{f' x {accumulation} accumulated' if accumulation > 1 else ''}, {policy}, "
                 f"jit_compile={jit_compile}; run folder {run.path}"
-                + (f" (resuming after epoch {len(previous_rows)})" if resuming else "")
+                + (f" (resuming after epoch {len(previous_rows)})" if resuming and not step else "")
+                + (f" (resuming at epoch {epoch + 1} step {step}/{steps_per_epoch}, where it was preempted)"
+                   if step else "")
             )
+        fit = dict(validation_data=datasets.validation, callbacks=callbacks, verbose=verbose, shuffle=False)
         try:
-            model.fit(
-                train_data,
-                validation_data=datasets.validation,
-                epochs=config.epochs,
-                steps_per_epoch=steps_per_epoch if config.steps_per_epoch is not None else None,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # The pipeline shuffles.
-            )
+            # The stream skips the batches already trained on; a run resumed mid-epoch first
+            # finishes that epoch with the steps it has left, then goes on with whole epochs.
+            if step:  # (epochs=config.epochs and a stop after one, so that the bar says "Epoch E/epochs")
+                stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: setattr(model, "stop_training", True))
+                fit_one = {**fit, "callbacks": callbacks + [stop]}
+                model.fit(datasets.stream(epoch * steps_per_epoch + step), initial_epoch=epoch, epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch - step, **fit_one)
+                epoch += 1
+            if epoch < config.epochs:
+                model.fit(datasets.stream(epoch * steps_per_epoch), initial_epoch=epoch, epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch, **fit)
         except NaNLossError as error:
             rows = run.read_history()
             kept = (
@@ -145,10 +162,24 @@ def _fit(config: TrainConfig, run, resuming: bool, *, overwrite: bool, verbose):
             run, model, datasets=datasets, steps_per_epoch=steps_per_epoch, global_batch=global_batch,
             previous_rows=previous_rows, resuming=resuming,
             extra={"accumulation_steps": accumulation, "replicas": replicas, "strategy": config.strategy,
-                   "device": device, "precision": policy, "jit_compile": jit_compile},
+                   "device": device, "precision": policy, "jit_compile": jit_compile,
+                   "resumed_at_step": step or None},
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _restore(run, model):
+    """Loads the run's backup into ``model`` and its optimizer; returns ``(epoch, step)``
+    where it stands ((0, 0) when the run was killed before its first backup)."""
+    saved = read_backup(run)
+    if saved is None:
+        return 0, 0
+    weights, epoch, step = saved
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(weights)
+    return epoch, step
 
 
 # --------------------------------------------------------------------------- evaluate

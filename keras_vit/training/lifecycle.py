@@ -9,6 +9,7 @@ finished run.
 
 from __future__ import annotations
 
+import shutil
 from typing import Dict, List, Optional
 
 import keras
@@ -83,6 +84,7 @@ def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batc
         **(extra or {}),
     }
     run.write_metrics(metrics)  # the run is finished from here on
+    shutil.rmtree(run.backup_dir, ignore_errors=True)  # resumable state of an unfinished run only
     if run.replaces is not None:
         run.promote()  # only now does the replaced run go
     return {**metrics, "run_dir": run.path}

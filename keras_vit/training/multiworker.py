@@ -11,7 +11,8 @@ the model, optimizer, schedule, loss, data pipelines and run lifecycle of
   the chief and the only one to write into the run folder;
 * every epoch ends with a checkpoint (model, optimizer and so the schedule's step) that
   a restarted run resumes from, mid-epoch included; ``PreemptionCheckpointHandler``
-  also saves when the cluster announces a preemption (SIGTERM);
+  also saves when the cluster announces a preemption (SIGTERM); the data stream
+  (``Datasets.stream``) goes on from the saved step, with the batches it would have given;
 * ``history.csv``, TensorBoard scalars, the curve PNG, ``model.keras`` and
   ``metrics.json`` come out as with ``fit``.
 
@@ -105,7 +106,7 @@ def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, 
     global_batch = config.batch_size * replicas
     datasets = build_datasets(config, global_batch)
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
-    if steps_per_epoch < 1:
+    if datasets.train_examples // global_batch < 1:
         raise ValueError(
             f"Invalid configuration: the global batch {global_batch} exceeds the {datasets.train_examples} "
             f"training images."
@@ -113,7 +114,6 @@ def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, 
     options = tf.data.Options()
     # In-memory and file lists cannot be sharded by file: each worker takes every n-th batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_data = datasets.train.repeat().with_options(options)
 
     previous_rows = []
     if is_chief:
@@ -195,6 +195,8 @@ def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, 
             + (f" (resuming at step {done_steps}, epoch {start_epoch + 1})" if done_steps else ""),
             flush=True,
         )
+    # The stream after the steps done: a resumed run goes on with the batches it would have seen.
+    train_data = datasets.stream(done_steps).with_options(options)
     iterator = iter(strategy.experimental_distribute_dataset(train_data))
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
