@@ -26,7 +26,7 @@ import numpy as np
 import scipy.ndimage
 
 from keras_vit.core import hybrid
-from keras_vit.files import replaced_atomically, save_model
+from keras_vit.files import replaced_atomically
 from keras_vit.core.layers import PatchEncoder
 from keras_vit.core.models import VisionTransformer
 
@@ -431,20 +431,3 @@ def describe_checkpoint(path) -> dict:
         "parameters": int(sum(value.size for value in params.values())),
         "keys": {key: list(value.shape) for key, value in sorted(params.items())},
     }
-
-
-def convert_checkpoint(path, output, *, overwrite: bool = False, **kwargs) -> VisionTransformer:
-    """Builds the model of an ``.npz`` checkpoint (see :func:`from_npz`) and saves ``.keras``.
-
-    Raises:
-        ValueError: ``output`` does not end in ``.keras``, or exists and ``overwrite`` is False.
-    """
-    output = os.fspath(output)
-    if not output.endswith(".keras"):
-        raise ValueError(f"Output {output!r} must be a .keras file.")
-    if os.path.exists(output) and not overwrite:
-        raise ValueError(f"{output!r} already exists; pass overwrite=True (--overwrite) to replace it.")
-    model = from_npz(path, **kwargs)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    save_model(model, output)
-    return model
