@@ -1,7 +1,9 @@
-"""Executes examples/attention.ipynb with nbclient on a kernel running this test's Python."""
+"""examples/attention.ipynb: stored with the outputs of a full run, and executed with
+nbclient on a kernel running this test's Python."""
 
 import json
 import os
+import re
 import sys
 
 import matplotlib.image
@@ -11,8 +13,6 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
-
-pytestmark = pytest.mark.slow  # executes a notebook that trains a model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO_ROOT, "examples", "attention.ipynb")
@@ -58,6 +58,20 @@ def _png_size(path):
     return pixels.shape[:2]
 
 
+def test_stored_notebook_shows_a_full_run():
+    """What a new user opening the notebook sees: every cell ran in order, no errors, every figure."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1))
+    outputs = [output for cell in code_cells for output in cell.outputs]
+    assert [o for o in outputs if o["output_type"] == "error"] == []
+    text = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+    assert "Traceback" not in text
+    assert "Epoch 5/5" in text
+    assert float(re.search(r"held-out accuracy: ([0-9.]+)", text).group(1)) > 0.6
+    assert sum("image/png" in output.get("data", {}) for output in outputs) == 5 + 5
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("attention_notebook")
@@ -66,6 +80,7 @@ def trained(tmp_path_factory):
     return tmp_path, figures_dir, notebook, summary
 
 
+@pytest.mark.slow  # executes the notebook, which trains a model
 def test_notebook_trains_a_digit_model_and_writes_every_figure(trained):
     _, figures_dir, notebook, summary = trained
     # Ten classes: chance is 0.1; five epochs of the small ViT reach about 0.8.
@@ -97,6 +112,7 @@ def test_notebook_trains_a_digit_model_and_writes_every_figure(trained):
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 5 + 5
 
 
+@pytest.mark.slow  # executes the notebook twice
 def test_notebook_loads_a_run_folder_given_as_model_path(trained):
     tmp_path, figures_dir, _, summary = trained
     run_dir = os.path.join(figures_dir, "mnist_run")
