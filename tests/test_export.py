@@ -21,6 +21,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 import keras_vit
 from keras_vit.data import images as image_reading
 from keras_vit.deploy import artifacts, export
+from keras_vit.deploy.artifacts import TFLITE_PRECISIONS
 from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
 from keras_vit.data import MNIST_CLASS_NAMES, load_embedded_mnist, scale_pixels
@@ -172,7 +173,7 @@ def test_full_integer_tflite_has_int8_input_and_output(mnist_export):
 def test_no_tflite_file_uses_flex_or_custom_ops(mnist_export):
     run, _, manifest = mnist_export
     tflite_files = sorted((run / "export").glob("*.tflite"))
-    assert len(tflite_files) == 4
+    assert [path.name for path in tflite_files] == sorted(f"model_{p}.tflite" for p in TFLITE_PRECISIONS)
     for path in tflite_files:
         interpreter = Interpreter(
             model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
