@@ -61,7 +61,8 @@ class DataConfig:
     data_dir, download, train_split, validation_split: TFDS's.
     crop, flip, eval_crop_fraction, randaugment, mixup, cutmix: see
         :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
-        digits, ``"inception"`` and on otherwise).
+        digits, ``"inception"`` and on otherwise; eval_crop_fraction, when given, becomes
+        the model's ``crop_fraction``, else it is the model's).
     """
 
     dataset: str = EMBEDDED_DATASET
@@ -74,7 +75,7 @@ class DataConfig:
     validation_split: Optional[str] = None
     crop: Optional[str] = None
     flip: Optional[bool] = None
-    eval_crop_fraction: float = 1.0
+    eval_crop_fraction: Optional[float] = None
     randaugment: Optional[list] = None
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
@@ -91,6 +92,10 @@ class ModelConfig:
         fine-tuning) and 3 otherwise.
     pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
         (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
+    pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
+        contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
+        evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
+        the original's x / 127.5 - 1), resize method, evaluation crop.
     weights: checkpoint to start from (fine-tuning); the head is zero-initialised.
     """
 
@@ -106,6 +111,11 @@ class ModelConfig:
     dropout: float = 0.0
     drop_path_rate: float = 0.0
     representation_size: Optional[int] = None
+    pixel_mean: Optional[list] = None
+    pixel_std: Optional[list] = None
+    interpolation: str = "bilinear"
+    crop_fraction: float = 1.0
+    crop_mode: str = "squash"
     weights: Optional[str] = None
 
 
@@ -400,13 +410,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
         mlp_dim=model.mlp_dim, patch_size=model.patch_size, image_size=model.image_size, channels=model.channels,
         pooling=model.pooling, dropout=model.dropout, drop_path_rate=model.drop_path_rate,
-        representation_size=model.representation_size,
+        representation_size=model.representation_size, pixel_mean=model.pixel_mean, pixel_std=model.pixel_std,
+        interpolation=model.interpolation, crop_fraction=model.crop_fraction, crop_mode=model.crop_mode,
     )
     looks_like_path = model.weights is not None and (os.sep in model.weights or model.weights.endswith(".npz"))
     if looks_like_path and not os.path.isfile(model.weights):
         raise FileNotFoundError(f"Invalid configuration: weights={model.weights!r} is not a file.")
 
     # data: what the pipelines take
+    if data.eval_crop_fraction is None:
+        data.eval_crop_fraction = model.crop_fraction
+    elif is_number(data.eval_crop_fraction) and 0 < data.eval_crop_fraction <= 1:
+        model.crop_fraction = data.eval_crop_fraction  # what evaluation used becomes the model's contract
     if data.crop is None:
         data.crop = "translate" if digits else "inception"
     if data.flip is None:
