@@ -830,6 +830,7 @@ def image_folder_dataset(
         randaugment=None,
         mixup=None,
         cutmix=None,
+        image_spec=None,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,
