@@ -401,7 +401,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     """Keras ``LayerNormalization`` with the original's epsilon, 1e-6 (Keras defaults to 1e-3).
 
     Same weights and math as the parent; inside a fused training or inference step on a
-    TensorFlow CPU it runs as one oneDNN kernel (:mod:`keras_vit.backends`).
+    TensorFlow CPU it runs as one oneDNN kernel, and traced for the TFLite converter as ops
+    that stay int8 (:mod:`keras_vit.backends`).
     """
 
     def __init__(self, epsilon=LAYER_NORM_EPSILON, **kwargs):
@@ -410,6 +411,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     def call(self, inputs):
         if backends.fused_layer_norm_applies(self, inputs):
             return backends.fused_layer_norm(self, inputs)
+        if backends.tflite_layer_norm_applies(self, inputs):
+            return backends.tflite_layer_norm(self, inputs)
         return super().call(inputs)
 
 
