@@ -498,6 +498,13 @@ class SelfAttention(keras.layers.MultiHeadAttention):
         outputs = self.output_dense(attended)  # (B, T, D)
         return (outputs, probabilities) if return_attention_scores else outputs
 
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        # Called on the query alone (``layer(x)``), the value is the query.
+        super().build(query_shape, query_shape if value_shape is None else value_shape, key_shape)
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return super().compute_output_shape(query_shape, query_shape if value_shape is None else value_shape, key_shape)
+
     def compute_output_spec(self, query, value=None, key=None, **kwargs):
         return super().compute_output_spec(query, query if value is None else value, key, **kwargs)
 
@@ -729,6 +736,17 @@ class TokenGrid(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.stride = as_pair(stride, "stride")
+
+    def build(self, tokens_shape, images_shape):
+        # No weights: checks that the tokens fill the images' grid, when both sizes are known.
+        num_tokens = tokens_shape[1]
+        grid = self.compute_output_shape(tokens_shape, images_shape)[1:3]
+        if num_tokens is not None and None not in grid and num_tokens != self.num_prefix_tokens + grid[0] * grid[1]:
+            raise ValueError(
+                f"TokenGrid received {num_tokens} tokens for images of {tuple(images_shape[1:3])} pixels; "
+                f"expected {self.num_prefix_tokens} prefix tokens plus one per {self.stride[0]}x{self.stride[1]} "
+                f"cell of the image, {self.num_prefix_tokens + grid[0] * grid[1]} in all."
+            )
 
     def call(self, tokens, images):
         shape = ops.shape(images)
