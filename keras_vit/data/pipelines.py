@@ -85,7 +85,7 @@ def _as_size(image_size):
 
 
 def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1.0, randaugment=None, mixup=None,
-                  cutmix=None, batch_size=None):
+                  cutmix=None, batch_size=None, random_erasing=None):
     """Checks what the pipelines take before any file is read; returns ``(height, width)``.
 
     Each failure is a ``ValueError`` that starts ``"<name>=<value>; expected ..."`` (the
@@ -113,6 +113,8 @@ def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1
     for name, value in (("mixup", mixup), ("cutmix", cutmix)):
         if value is not None and not (is_number(value) and value > 0):
             refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
+    if random_erasing is not None and not (is_number(random_erasing) and 0 <= random_erasing <= 1):
+        refuse("random_erasing", random_erasing, "null or a probability in [0, 1], e.g. 0.25 (timm's reprob)")
     if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         refuse("batch_size", batch_size, "a positive integer")
     return size
@@ -300,6 +302,7 @@ def _build_pipelines(
     randaugment,
     mixup,
     cutmix,
+    random_erasing,
     shuffle_buffer,
     seed,
     cache,
@@ -314,6 +317,8 @@ def _build_pipelines(
     ``(uint8 image, int label)``.
     """
     import tensorflow as tf
+
+    from keras_vit.data import erasing
 
     autotune = tf.data.AUTOTUNE
     if seed is None:
@@ -352,6 +357,8 @@ def _build_pipelines(
         image = preprocess_for_train(
             image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed
         )
+        if random_erasing:  # per image, after scaling, as timm's transforms (before MixUp/CutMix)
+            image = erasing.random_erasing(image, random_erasing, tf.random.experimental.stateless_fold_in(image_seed, 7))
         return image, one_hot(label)
 
     # RandAugment, MixUp and CutMix draw from Keras's seed generators, whose state is not
@@ -392,6 +399,7 @@ def embedded_mnist(
     randaugment=None,
     mixup=None,
     cutmix=None,
+    random_erasing=None,
     seed=None,
 ):
     """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
@@ -407,6 +415,8 @@ def embedded_mnist(
         randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
         mixup: None, or the alpha of ``keras.layers.MixUp``.
         cutmix: None, or the factor of ``keras.layers.CutMix``.
+        random_erasing: None, or the probability of timm's RandomErasing (per-pixel
+            noise in one rectangle of each training image; :mod:`keras_vit.data.erasing`).
         seed: shuffling and augmentation seed.
 
     Returns:
@@ -419,7 +429,7 @@ def embedded_mnist(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
     train, validation, stream = _build_pipelines(
@@ -435,6 +445,7 @@ def embedded_mnist(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        random_erasing=random_erasing,
         shuffle_buffer=len(x_train),
         seed=seed,
         cache=False,  # Already in memory.
@@ -561,6 +572,7 @@ def image_folder(
     randaugment=None,
     mixup=None,
     cutmix=None,
+    random_erasing=None,
     seed=0,
     cache=False,
 ):
@@ -586,7 +598,7 @@ def image_folder(
     """
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     paths, labels, class_names, skipped = scan_image_folder(directory)
     if len(class_names) < 2:
@@ -636,6 +648,7 @@ def image_folder(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        random_erasing=random_erasing,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=cache,
@@ -665,6 +678,7 @@ def tfds_dataset(
     randaugment=None,
     mixup=None,
     cutmix=None,
+    random_erasing=None,
     seed=0,
     cache=False,
 ):
@@ -700,7 +714,7 @@ def tfds_dataset(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -753,6 +767,7 @@ def tfds_dataset(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        random_erasing=random_erasing,
         shuffle_buffer=min(train_examples, 10_000),
         seed=seed,
         cache=cache,
@@ -796,6 +811,7 @@ def image_folder_dataset(
         randaugment=None,
         mixup=None,
         cutmix=None,
+        random_erasing=None,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,
