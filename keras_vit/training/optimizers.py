@@ -35,7 +35,7 @@ class _FineTuning:
     scale multiplies the learning rate, not the gradient, which Adam would normalise away.
 
     With ``use_ema=True`` the average follows timm's ``ModelEmaV2``: it starts at the
-    weights the optimizer is built on, and after each update (not each accumulated
+    weights before the first update, and after each update (not each accumulated
     micro-batch) ``average = ema_momentum * average + (1 - ema_momentum) * weights``.
     ``finalize_variable_values`` leaves the weights alone (Keras would copy the average
     in at the end of each ``fit``, and a run resumed mid-epoch fits twice);
@@ -51,9 +51,6 @@ class _FineTuning:
         super().build(variables)
         if self.learning_rate_scales:
             self._scales_by_index = [self.learning_rate_scales.get(variable.path, 1.0) for variable in variables]
-        if self.use_ema:
-            for variable, average in zip(variables, self._model_variables_moving_average):
-                average.assign(variable)
 
     def learning_rate_scale(self, variable) -> float:
         if not self._scales_by_index:
@@ -63,6 +60,15 @@ class _FineTuning:
     def update_step(self, gradient, variable, learning_rate):
         scale = self.learning_rate_scale(variable)
         return super().update_step(gradient, variable, learning_rate if scale == 1.0 else learning_rate * scale)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.use_ema:  # the average starts at the weights before the first update (Keras's at zero)
+            def start_average():
+                for variable, average in zip(self._trainable_variables, self._model_variables_moving_average):
+                    average.assign(keras.ops.cast(variable, average.dtype))
+
+            keras.ops.cond(keras.ops.equal(self._iterations, 0), start_average, lambda: None)
+        return super()._backend_apply_gradients(grads, trainable_variables)
 
     def _update_model_variables_moving_average(self, trainable_variables):
         momentum = keras.ops.convert_to_tensor(self.ema_momentum, "float32")
