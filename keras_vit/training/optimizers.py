@@ -57,9 +57,9 @@ class _FineTuning:
             return 1.0
         return self._scales_by_index[self._get_variable_index(variable)]
 
-    def update_step(self, gradient, variable, learning_rate):
+    def scaled_learning_rate(self, learning_rate, variable):
         scale = self.learning_rate_scale(variable)
-        return super().update_step(gradient, variable, learning_rate if scale == 1.0 else learning_rate * scale)
+        return learning_rate if scale == 1.0 else learning_rate * scale
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         if self.use_ema:  # the average starts at the weights before the first update (Keras's at zero)
@@ -115,6 +115,7 @@ class AdamW(_FineTuning, _FusedWeightDecay, keras.optimizers.AdamW):
     TensorFlow's fused ``ResourceApplyAdam`` kernel on the TensorFlow backend."""
 
     def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self.scaled_learning_rate(learning_rate, variable)
         if self.amsgrad or not _fused_update_applies(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
@@ -147,6 +148,7 @@ class SGD(_FineTuning, _FusedWeightDecay, keras.optimizers.SGD):
     kernel on the TensorFlow backend."""
 
     def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self.scaled_learning_rate(learning_rate, variable)
         if not _fused_update_applies(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
