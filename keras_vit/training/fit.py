@@ -229,7 +229,8 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
         config = TrainConfig()
     if isinstance(model, VisionTransformer):
         config = config.replace(image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0])
-    config = resolve_config(config.replace(output=config.output or "unused"))
+    # (the teacher trained the run; evaluating needs neither it nor its file)
+    config = resolve_config(config.replace(output=config.output or "unused", teacher=None, distillation=None))
     datasets = build_datasets(config, batch_size or config.batch_size)
     expected_input = (config.image_size, config.image_size, config.channels)
     if tuple(model.input_shape[1:]) != expected_input:
