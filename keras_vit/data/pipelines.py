@@ -87,7 +87,7 @@ def _as_size(image_size):
 
 
 def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1.0, randaugment=None, mixup=None,
-                  cutmix=None, batch_size=None):
+                  cutmix=None, batch_size=None, random_erasing=None):
     """Checks what the pipelines take before any file is read; returns ``(height, width)``.
 
     Each failure is a ``ValueError`` that starts ``"<name>=<value>; expected ..."`` (the
@@ -115,6 +115,8 @@ def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1
     for name, value in (("mixup", mixup), ("cutmix", cutmix)):
         if value is not None and not (is_number(value) and value > 0):
             refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
+    if random_erasing is not None and not (is_number(random_erasing) and 0 <= random_erasing <= 1):
+        refuse("random_erasing", random_erasing, "null or a probability in [0, 1], e.g. 0.25 (timm's reprob)")
     if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         refuse("batch_size", batch_size, "a positive integer")
     return size
@@ -315,6 +317,7 @@ def _build_pipelines(
     mixup,
     cutmix,
     image_spec,
+    random_erasing,
     shuffle_buffer,
     seed,
     cache,
@@ -329,6 +332,8 @@ def _build_pipelines(
     ``(uint8 image, int label)``.
     """
     import tensorflow as tf
+
+    from keras_vit.data import erasing
 
     autotune = tf.data.AUTOTUNE
     if seed is None:
@@ -375,6 +380,8 @@ def _build_pipelines(
         image = preprocess_for_train(
             image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed
         )
+        if random_erasing:  # per image, after scaling, as timm's transforms (before MixUp/CutMix)
+            image = erasing.random_erasing(image, random_erasing, tf.random.experimental.stateless_fold_in(image_seed, 7))
         return image, one_hot(label)
 
     # RandAugment, MixUp and CutMix draw from Keras's seed generators, whose state is not
@@ -418,6 +425,7 @@ def embedded_mnist(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=None,
 ):
     """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
@@ -433,6 +441,8 @@ def embedded_mnist(
         randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
         mixup: None, or the alpha of ``keras.layers.MixUp``.
         cutmix: None, or the factor of ``keras.layers.CutMix``.
+        random_erasing: None, or the probability of timm's RandomErasing (per-pixel
+            noise in one rectangle of each training image; :mod:`keras_vit.data.erasing`).
         seed: shuffling and augmentation seed.
         image_spec: the model's :class:`keras_vit.core.image_spec.ImageSpec`: images
             come out as that model takes them (mean/std, or [0, 255] pixels), resized for
@@ -448,7 +458,7 @@ def embedded_mnist(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
     train, validation, stream = _build_pipelines(
@@ -465,6 +475,7 @@ def embedded_mnist(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=len(x_train),
         seed=seed,
         cache=False,  # Already in memory.
@@ -592,6 +603,7 @@ def image_folder(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=0,
     cache=False,
 ):
@@ -617,7 +629,7 @@ def image_folder(
     """
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     paths, labels, class_names, skipped = scan_image_folder(directory)
     if len(class_names) < 2:
@@ -668,6 +680,7 @@ def image_folder(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=cache,
@@ -698,6 +711,7 @@ def tfds_dataset(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=0,
     cache=False,
 ):
@@ -733,7 +747,7 @@ def tfds_dataset(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -787,6 +801,7 @@ def tfds_dataset(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=min(train_examples, 10_000),
         seed=seed,
         cache=cache,
@@ -831,6 +846,7 @@ def image_folder_dataset(
         mixup=None,
         cutmix=None,
         image_spec=None,
+        random_erasing=None,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,
