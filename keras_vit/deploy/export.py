@@ -15,7 +15,6 @@ takes encoded JPEG/PNG/BMP/GIF bytes of any size and does the preprocessing itse
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ import tempfile
 import numpy as np
 
 from keras_vit import ownership, run_folder
-from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
+from keras_vit.files import _WRITE_FAILURES, replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, decode_and_resize, list_image_files, read_images
 from keras_vit.deploy.latency import machine, measure_latency, thread_settings
@@ -924,7 +923,7 @@ def _discard(staging):
 
 def _refused(error, output_dir, replaced):
     """A write the system refused while exporting, as one line naming the output folder."""
-    if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO):
+    if error.errno not in _WRITE_FAILURES:
         return error
     kept = "the previous export there is left as it was" if replaced is not None else "nothing was put there"
     return OSError(error.errno, f"{os.strerror(error.errno)} while exporting ({kept})", os.fspath(output_dir))
