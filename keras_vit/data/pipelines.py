@@ -8,7 +8,6 @@ import os
 import numpy as np
 
 from keras_vit.core.config import is_number, refuse
-from keras_vit.ownership import is_marked
 
 EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "mnist5k.npz")
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -490,6 +489,8 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     """
     import sys
     from concurrent.futures import ThreadPoolExecutor
+
+    from keras_vit.ownership import is_marked
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
