@@ -531,9 +531,13 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
+    from keras_vit.ownership import is_marked
+
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
-    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    # A folder keras-vit wrote (a run, an export: it holds the marker) is never data.
+    found = sorted(d for d in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, d)) and not is_marked(os.path.join(directory, d)))
     if class_names is None:
         class_names = found
         if not class_names:
@@ -548,7 +552,11 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     candidates = []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(directory, name)
-        for root, _, files in sorted(os.walk(class_dir)):
+        walked = []
+        for root, folders, files in os.walk(class_dir):
+            folders[:] = [name for name in folders if not is_marked(os.path.join(root, name))]
+            walked.append((root, files))
+        for root, files in sorted(walked):
             candidates += [(os.path.join(root, f), label) for f in sorted(files) if not f.startswith(".")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         problems = list(pool.map(lambda item: _readable_image(item[0]), candidates))
