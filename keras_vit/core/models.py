@@ -105,6 +105,9 @@ class VisionTransformer(keras.Model):
             loader) or ``"bicubic"`` (timm's).
         class_names: None, or the head's class names (one per class), saved with the
             model and used by export and predict (checkpoints' ``id2label``).
+        source_metadata: None, or a JSON-able dict of what the checkpoint's files said beyond
+            the architecture (timm's ``pretrained_cfg``, Hugging Face's processor settings),
+            kept so that ``save_pretrained`` writes them back as they were read.
         name: model name.
     """
 
@@ -141,6 +144,7 @@ class VisionTransformer(keras.Model):
         dynamic_image_size=False,
         position_resampling="bilinear",
         class_names=None,
+        source_metadata=None,
         dtype=None,
         name="vit",
         **kwargs,
@@ -183,6 +187,8 @@ class VisionTransformer(keras.Model):
                         f"class_names={class_names!r}; expected None or {num_classes} strings, one per class of the head."
                     )
                 class_names = tuple(class_names)
+            if source_metadata is not None and not isinstance(source_metadata, dict):
+                raise ValueError(f"source_metadata={source_metadata!r}; expected None or a dict.")
             if resnet is not None:
                 stages, width_factor = resnet
                 resnet = (tuple(int(s) for s in stages), float(width_factor))
@@ -292,6 +298,7 @@ class VisionTransformer(keras.Model):
         self.dynamic_image_size = dynamic_image_size
         self.position_resampling = position_resampling
         self.class_names = class_names
+        self.source_metadata = source_metadata
         self.grid_size = grid_size
         self.num_prefix_tokens = encoder.num_prefix_tokens
         self.distilled_training = False
@@ -386,6 +393,7 @@ class VisionTransformer(keras.Model):
             "dynamic_image_size": self.dynamic_image_size,
             "position_resampling": self.position_resampling,
             "class_names": None if self.class_names is None else list(self.class_names),
+            "source_metadata": self.source_metadata,
             "dtype": self.dtype_policy_name,
             "name": self.name,
         }

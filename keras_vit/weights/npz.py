@@ -29,6 +29,7 @@ from keras_vit.core import hybrid
 from keras_vit.files import replaced_atomically
 from keras_vit.core.layers import PatchEncoder
 from keras_vit.core.models import VisionTransformer
+from keras_vit.weights import metadata
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ def read_npz(path) -> Dict[str, np.ndarray]:
                 params = {key: data[key] for key in data.files}
         except Exception as error:
             raise ValueError(f"Checkpoint {path!r} is not a readable .npz file ({error}).") from error
-    return normalize_keys(params)
+    params = normalize_keys(params)
+    # Ranks first: infer_config and the loader index these shapes.
+    metadata.check_tensors(params, metadata.NPZ_RANKS, "the given arrays" if isinstance(path, dict) else repr(path))
+    return params
 
 
 def normalize_keys(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
