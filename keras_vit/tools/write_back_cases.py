@@ -58,7 +58,7 @@ REFUSED = {
         (dict(position_embedding="sincos2d"), "position_embedding"),
         (dict(position_embedding="learned_2d"), "position_embedding"),
         (dict(dynamic_image_size=True), "position_resampling"),
-        (dict(image_size=32, resnet=((1,), 0.25)), "resnet"),
+        (dict(image_size=32, resnet=((1,), 0.5)), "resnet"),
     ],
     "huggingface": [
         (dict(representation_size=8), "representation_size"),
@@ -72,7 +72,7 @@ REFUSED = {
         (dict(dynamic_image_size=True, position_resampling="bicubic"), "dynamic_image_size"),
         (dict(position_embedding="none"), "position_embedding"),
         (dict(position_embedding="sincos2d"), "position_embedding"),
-        (dict(image_size=32, resnet=((1,), 0.25)), "resnet"),
+        (dict(image_size=32, resnet=((1,), 0.5)), "resnet"),
     ],
 }
 

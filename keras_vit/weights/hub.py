@@ -222,6 +222,13 @@ def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dic
 
 
 # --------------------------------------------------------------------------- configurations
+def _timm_gelu(model_args, path):
+    activation = model_args.get("act_layer", "gelu")
+    if activation not in ("gelu", "gelu_tanh"):
+        raise metadata.refuse(f"{path} model_args", "act_layer", activation, "'gelu' or 'gelu_tanh'")
+    return "exact" if activation == "gelu" else "tanh"
+
+
 def _timm_arguments(config: dict, folder, tensors) -> dict:
     """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
     path = os.path.join(folder, CONFIG_FILENAME)
@@ -278,7 +285,7 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
         representation_size=int(tensors["pre_logits.fc.weight"].shape[0]) if "pre_logits.fc.weight" in tensors else None,
         position_embedding="learned" if pos_tokens is not None else "none",
         layer_norm_epsilon=1e-6,
-        gelu="exact",
+        gelu=_timm_gelu(model_args, path),
         # The initial value matters only to a fresh model; the checkpoint's gammas replace it.
         layer_scale_init=None if layer_scale is None else metadata.positive_number(
             {"init_values": model_args.get("init_values") or 1e-5}, "init_values", f"{path} model_args", None),
