@@ -236,10 +236,7 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
     pretrained = metadata.optional_dict(config, "pretrained_cfg", path)
     architecture = metadata.string(config, "architecture", path, "")
     if not architecture.startswith(("vit_", "deit_", "deit3_")) or "hybrid" in architecture or "resnet" in architecture:
-        raise ValueError(
-            f"timm architecture {architecture!r} is not a plain Vision Transformer that keras_vit reads "
-            f"(vit_*, deit_*, deit3_*)."
-        )
+        raise metadata.refuse(path, "architecture", architecture, "a plain timm Vision Transformer (vit_*, deit_*, deit3_*)")
     weights_path = os.path.join(folder, WEIGHTS_FILENAME)
     metadata.check_tensors(tensors, metadata.TIMM_RANKS, weights_path)
     patch_weight = tensors["patch_embed.proj.weight"]
@@ -252,7 +249,7 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
         size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
         if size is None:
             raise ValueError(
-                f"Cannot tell the attention heads of timm architecture {architecture!r}: its config has no "
+                f"{path}: cannot tell the attention heads of timm architecture {architecture!r}: no "
                 f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
             )
         num_heads = _TIMM_HEADS[size]
@@ -263,10 +260,10 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
         image_size = metadata.size_pair(pretrained, "input_size", f"{path} pretrained_cfg", [channels, 224, 224], 3)
     global_pool = model_args.get("global_pool", config.get("global_pool", "token"))
     if global_pool not in ("token", "avg"):
-        raise ValueError(f"timm global_pool={global_pool!r} is not supported; keras_vit pools 'token' or 'avg'.")
+        raise metadata.refuse(path, "global_pool", global_pool, "'token' or 'avg' (the pools keras_vit has)")
     has_class_token = "cls_token" in tensors
     if global_pool == "token" and not has_class_token:
-        raise ValueError("timm global_pool='token' without a cls_token: nothing to pool.")
+        raise ValueError(f"{path}: global_pool='token' but {WEIGHTS_FILENAME} has no cls_token to pool.")
     grid = (image_size[0] // ph) * (image_size[1] // pw)
     prefix = int(has_class_token) + int("dist_token" in tensors) + (
         tensors["reg_token"].shape[1] if "reg_token" in tensors else 0
@@ -311,9 +308,7 @@ def _huggingface_arguments(config: dict, folder, tensors) -> dict:
     path = os.path.join(folder, CONFIG_FILENAME)
     activation = metadata.string(config, "hidden_act", path, "gelu")
     if activation not in _HF_GELUS:
-        raise ValueError(
-            f"Hugging Face hidden_act={activation!r} is not supported; keras_vit reads {sorted(_HF_GELUS)}."
-        )
+        raise metadata.refuse(path, "hidden_act", activation, f"one of {sorted(_HF_GELUS)}")
     metadata.check_tensors(tensors, metadata.HF_RANKS, os.path.join(folder, WEIGHTS_FILENAME))
     channels = metadata.positive_int(config, "num_channels", path, 3)
     preprocessor = {}
@@ -487,7 +482,10 @@ def from_pretrained(
     arguments.update(include_preprocessing=include_preprocessing, **kwargs)
     if include_top and class_names is not None and "class_names" not in kwargs:
         arguments["class_names"] = class_names
-    model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
+    try:
+        model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
+    except ValueError as error:  # the checkpoint's numbers, not the caller's: name the file they came from
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILENAME)!r} does not describe a model keras_vit builds: {error}") from error
     key = npz.POS_EMBEDDING_KEY
     old_grid = (stored_size[0] // model.patch_size[0], stored_size[1] // model.patch_size[1])
     if key in arrays and tuple(old_grid) != tuple(model.grid_size):
