@@ -229,6 +229,24 @@ def _timm_gelu(model_args, path):
     return "exact" if activation == "gelu" else "tanh"
 
 
+def _timm_num_heads(model_args, architecture, path) -> int:
+    if "num_heads" in model_args:
+        return metadata.positive_int(model_args, "num_heads", f"{path} model_args")
+    size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
+    if size is None:
+        raise ValueError(
+            f"{path}: cannot tell the attention heads of timm architecture {architecture!r}: no "
+            f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
+        )
+    return _TIMM_HEADS[size]
+
+
+def _timm_image_size(model_args, pretrained, channels, path) -> tuple:
+    if "img_size" in model_args:
+        return metadata.size_pair(model_args, "img_size", f"{path} model_args", None)
+    return metadata.size_pair(pretrained, "input_size", f"{path} pretrained_cfg", [channels, 224, 224], 3)
+
+
 def _timm_arguments(config: dict, folder, tensors) -> dict:
     """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
     path = os.path.join(folder, CONFIG_FILENAME)
@@ -239,25 +257,12 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
         raise metadata.refuse(path, "architecture", architecture, "a plain timm Vision Transformer (vit_*, deit_*, deit3_*)")
     weights_path = os.path.join(folder, WEIGHTS_FILENAME)
     metadata.check_tensors(tensors, metadata.TIMM_RANKS, weights_path)
-    patch_weight = tensors["patch_embed.proj.weight"]
-    hidden_size, channels, ph, pw = patch_weight.shape
-    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
+    hidden_size, channels, ph, pw = tensors["patch_embed.proj.weight"].shape
+    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):  # (1, tokens, width)
         metadata.check_axis(tensors, name, -1, hidden_size, weights_path, f"(1, tokens, {hidden_size})")
-    if "num_heads" in model_args:
-        num_heads = metadata.positive_int(model_args, "num_heads", f"{path} model_args")
-    else:
-        size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
-        if size is None:
-            raise ValueError(
-                f"{path}: cannot tell the attention heads of timm architecture {architecture!r}: no "
-                f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
-            )
-        num_heads = _TIMM_HEADS[size]
+    num_heads = _timm_num_heads(model_args, architecture, path)
     depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    if "img_size" in model_args:
-        image_size = metadata.size_pair(model_args, "img_size", f"{path} model_args", None)
-    else:
-        image_size = metadata.size_pair(pretrained, "input_size", f"{path} pretrained_cfg", [channels, 224, 224], 3)
+    image_size = _timm_image_size(model_args, pretrained, channels, path)
     global_pool = model_args.get("global_pool", config.get("global_pool", "token"))
     if global_pool not in ("token", "avg"):
         raise metadata.refuse(path, "global_pool", global_pool, "'token' or 'avg' (the pools keras_vit has)")
@@ -729,6 +734,8 @@ def _timm_config(model) -> dict:
         first_conv="patch_embed.proj",
         classifier=["head", "head_dist"] if model.distillation_token else "head",
     )
+    if "label_names" in pretrained_cfg and pretrained_cfg["label_names"] != list(model.class_names or []):
+        del pretrained_cfg["label_names"]  # the source's names, for a head the model no longer has
     config = {
         "architecture": _TIMM_DISTILLED_ARCHITECTURE if model.distillation_token else _TIMM_ARCHITECTURE,
         "num_classes": num_classes,
