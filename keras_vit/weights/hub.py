@@ -235,7 +235,7 @@ def _timm_num_heads(model_args, architecture, path) -> int:
     size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
     if size is None:
         raise ValueError(
-            f"{path}: cannot tell the attention heads of timm architecture {architecture!r}: no "
+            f"Cannot tell the attention heads of timm architecture {architecture!r} ({path}): no "
             f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
         )
     return _TIMM_HEADS[size]
@@ -372,7 +372,7 @@ def _check_attention_shapes(tensors, kind, num_heads, path):
     for name, value in tensors.items():
         shape = next((shape for pattern, shape in patterns.items() if re.search(pattern, name)), None)
         if shape is not None and value.shape != shape:
-            raise metadata.refuse(path, f"tensor {name!r}", f"shape {value.shape}", f"shape {shape}")
+            raise metadata.refuse_tensor(path, name, f"shape {value.shape}", f"shape {shape}")
 
 
 def read_repository(source, *, cache_dir=None):

@@ -28,6 +28,11 @@ def refuse(path, field, value, accepted) -> ValueError:
     return ValueError(f"{path}: {field} = {_shown(value)}; expected {accepted}.")
 
 
+def refuse_tensor(path, name, has, accepted) -> ValueError:
+    """The one-line error of a tensor: file, name, what it has, what is accepted."""
+    return ValueError(f"{path}: tensor {name!r} has {has}; expected {accepted}.")
+
+
 def read_json_object(path) -> dict:
     """A JSON file that must hold an object (``{...}``)."""
     try:
@@ -134,18 +139,18 @@ def check_tensors(tensors: Dict[str, np.ndarray], ranks, path) -> None:
     for name, value in tensors.items():
         value = np.asarray(value)
         if value.dtype.kind != "f":
-            raise refuse(path, f"tensor {name!r}", f"dtype {value.dtype}", "a floating-point tensor")
+            raise refuse_tensor(path, name, f"dtype {value.dtype}", "a floating-point tensor")
         if 0 in value.shape:
-            raise refuse(path, f"tensor {name!r}", f"shape {value.shape}", "a tensor without an empty axis")
+            raise refuse_tensor(path, name, f"shape {value.shape}", "a tensor without an empty axis")
         rank = next((r for pattern, r in ranks if re.search(pattern, name)), None)
         if rank is not None and value.ndim != rank:
-            raise refuse(path, f"tensor {name!r}", f"shape {value.shape}", f"a {rank}-D tensor")
+            raise refuse_tensor(path, name, f"shape {value.shape}", f"a {rank}-D tensor")
 
 
 def check_axis(tensors, name, axis, expected, path, what) -> None:
     """``tensors[name].shape[axis] == expected`` (when the tensor is there)."""
     if name in tensors and tensors[name].shape[axis] != expected:
-        raise refuse(path, f"tensor {name!r}", f"shape {tensors[name].shape}", what)
+        raise refuse_tensor(path, name, f"shape {tensors[name].shape}", what)
 
 
 # The published layout (also what timm and Hugging Face tensors are renamed into).
