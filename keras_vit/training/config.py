@@ -26,6 +26,7 @@ RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "on", "off")
+DISTILLATION_KINDS = ("hard", "soft")
 EMBEDDED_DATASET = "mnist"
 WARMUP_FRACTION = 0.1
 
@@ -61,7 +62,9 @@ class DataConfig:
     data_dir, download, train_split, validation_split: TFDS's.
     crop, flip, eval_crop_fraction, randaugment, mixup, cutmix: see
         :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
-        digits, ``"inception"`` and on otherwise).
+        digits, ``"inception"`` and on otherwise; eval_crop_fraction, when given, becomes
+        the model's ``crop_fraction``, else it is the model's).
+    random_erasing: probability of timm's RandomErasing (per-pixel noise), or null.
     """
 
     dataset: str = EMBEDDED_DATASET
@@ -74,10 +77,11 @@ class DataConfig:
     validation_split: Optional[str] = None
     crop: Optional[str] = None
     flip: Optional[bool] = None
-    eval_crop_fraction: float = 1.0
+    eval_crop_fraction: Optional[float] = None
     randaugment: Optional[list] = None
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
+    random_erasing: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -91,6 +95,10 @@ class ModelConfig:
         fine-tuning) and 3 otherwise.
     pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
         (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
+    pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
+        contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
+        evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
+        the original's x / 127.5 - 1), resize method, evaluation crop.
     weights: checkpoint to start from (fine-tuning); the head is zero-initialised.
     """
 
@@ -106,6 +114,11 @@ class ModelConfig:
     dropout: float = 0.0
     drop_path_rate: float = 0.0
     representation_size: Optional[int] = None
+    pixel_mean: Optional[list] = None
+    pixel_std: Optional[list] = None
+    interpolation: str = "bilinear"
+    crop_fraction: float = 1.0
+    crop_mode: str = "squash"
     weights: Optional[str] = None
 
 
@@ -123,6 +136,16 @@ class OptimizationConfig:
     learning_rate, weight_decay, label_smoothing: recipe defaults.
     warmup_epochs: linear warm-up length (default 10% of the epochs).
     clipnorm: global-norm gradient clipping (1.0 as in the paper; 0 disables).
+    ema_decay: keep timm's exponential moving average of the weights with this decay;
+        the average is what is validated, saved and exported (null: off).
+    layer_decay: layer-wise learning-rate decay (BEiT/timm): block ``i`` of ``L`` learns
+        at ``layer_decay ** (L - i)`` times the rate; also no weight decay on biases,
+        norms, tokens and position embeddings (null: off).
+    teacher: a ``.keras`` classifier of the same classes to distil from (DeiT); the
+        student is built with a distillation token.
+    distillation: ``"hard"`` (the teacher's argmax) or ``"soft"`` (KL at ``distillation_tau``).
+    distillation_alpha, distillation_tau: DeiT's weight of the distillation loss and
+        temperature (0.5 and 1.0).
     """
 
     recipe: str = "scratch"
@@ -135,6 +158,12 @@ class OptimizationConfig:
     label_smoothing: Optional[float] = None
     warmup_epochs: Optional[float] = None
     clipnorm: float = 1.0
+    ema_decay: Optional[float] = None
+    layer_decay: Optional[float] = None
+    teacher: Optional[str] = None
+    distillation: Optional[str] = None
+    distillation_alpha: float = 0.5
+    distillation_tau: float = 1.0
 
 
 @dataclasses.dataclass
@@ -400,13 +429,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
         mlp_dim=model.mlp_dim, patch_size=model.patch_size, image_size=model.image_size, channels=model.channels,
         pooling=model.pooling, dropout=model.dropout, drop_path_rate=model.drop_path_rate,
-        representation_size=model.representation_size,
+        representation_size=model.representation_size, pixel_mean=model.pixel_mean, pixel_std=model.pixel_std,
+        interpolation=model.interpolation, crop_fraction=model.crop_fraction, crop_mode=model.crop_mode,
     )
     looks_like_path = model.weights is not None and (os.sep in model.weights or model.weights.endswith(".npz"))
     if looks_like_path and not os.path.isfile(model.weights):
         raise FileNotFoundError(f"Invalid configuration: weights={model.weights!r} is not a file.")
 
     # data: what the pipelines take
+    if data.eval_crop_fraction is None:
+        data.eval_crop_fraction = model.crop_fraction
+    elif is_number(data.eval_crop_fraction) and 0 < data.eval_crop_fraction <= 1:
+        model.crop_fraction = data.eval_crop_fraction  # what evaluation used becomes the model's contract
     if data.crop is None:
         data.crop = "translate" if digits else "inception"
     if data.flip is None:
@@ -416,6 +450,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     _checked(
         check_options, image_size=model.image_size, channels=model.channels, crop=data.crop, flip=data.flip,
         eval_crop_fraction=data.eval_crop_fraction, randaugment=data.randaugment, mixup=data.mixup, cutmix=data.cutmix,
+        random_erasing=data.random_erasing,
     )
     if data.randaugment is not None:
         data.randaugment = [int(data.randaugment[0]), float(data.randaugment[1])]
@@ -454,6 +489,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         _fail("warmup_epochs", optimization.warmup_epochs, f"a number in [0, epochs={optimization.epochs})")
     if not (is_number(optimization.clipnorm) and optimization.clipnorm >= 0):
         _fail("clipnorm", optimization.clipnorm, "a number >= 0 (0 disables clipping)")
+    _check_fine_tuning_tools(optimization)
 
     # hardware
     if hardware.strategy not in STRATEGIES:
@@ -474,6 +510,31 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if os.sep in run.run_name or run.run_name in (".", ".."):
         _fail("run_name", run.run_name, "a folder name without path separators (use output for a path)")
     return c
+
+
+def _check_fine_tuning_tools(optimization: OptimizationConfig):
+    # Checked here, before Keras loads: the tools' own modules import it.
+    from keras_vit.training.layer_decay import check_layer_decay
+
+    ema_decay = optimization.ema_decay
+    if ema_decay is not None and not (is_number(ema_decay) and 0 < ema_decay < 1):
+        _fail("ema_decay", ema_decay, "null or a number in (0, 1), e.g. 0.9998 (timm's default for ViTs)")
+    _checked(check_layer_decay, value=optimization.layer_decay)
+    teacher, kind = optimization.teacher, optimization.distillation
+    if teacher is not None and (not isinstance(teacher, str) or not teacher):
+        _fail("teacher", teacher, "null or the path of a .keras classifier (or a run folder)")
+    if teacher is not None and not os.path.exists(teacher):
+        raise FileNotFoundError(f"Invalid configuration: teacher={teacher!r} does not exist.")
+    if kind is not None and kind not in DISTILLATION_KINDS:
+        _fail("distillation", kind, f"null or one of {list(DISTILLATION_KINDS)}")
+    if kind is not None and teacher is None:
+        _fail("distillation", kind, "to be given with teacher (a .keras classifier to distil from)")
+    if teacher is not None and kind is None:
+        optimization.distillation = "hard"  # DeiT's better one
+    if not (is_number(optimization.distillation_alpha) and 0 <= optimization.distillation_alpha <= 1):
+        _fail("distillation_alpha", optimization.distillation_alpha, "a number in [0, 1] (DeiT: 0.5)")
+    if not (is_number(optimization.distillation_tau) and optimization.distillation_tau > 0):
+        _fail("distillation_tau", optimization.distillation_tau, "a positive number (DeiT: 1.0)")
 
 
 def run_directory(config: TrainConfig) -> str:
