@@ -83,6 +83,8 @@ def test_source_metadata_is_saved_in_the_keras_file(tmp_path):
 
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     assert reloaded.source_metadata["pretrained_cfg"]["crop_mode"] == "squash"
+    # The checkpoint's resize and crop become the model's own input contract.
+    assert (reloaded.interpolation, reloaded.crop_fraction, reloaded.crop_mode) == ("bilinear", 0.95, "squash")
     assert reloaded.gelu == "tanh"  # timm's act_layer="gelu_tanh" is read, not assumed exact
 
 
@@ -102,3 +104,14 @@ def test_an_option_the_format_cannot_express_is_refused_by_name(format, argument
     with pytest.raises(ValueError, match=rf"{format}'s layout: {option}="):
         keras_vit.save_pretrained(model, tmp_path / "refused", format=format)
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_built_models_resize_and_crop_are_written_in_each_clients_terms(tmp_path):
+    model = tiny_vit(interpolation="nearest", crop_fraction=0.8, crop_mode="center")
+    timm_folder = keras_vit.save_pretrained(model, tmp_path / "timm", format="timm")
+    pretrained_cfg = json.load(open(os.path.join(timm_folder, "config.json")))["pretrained_cfg"]
+    assert (pretrained_cfg["interpolation"], pretrained_cfg["crop_pct"], pretrained_cfg["crop_mode"]) == ("nearest", 0.8, "center")
+    hf_folder = keras_vit.save_pretrained(model, tmp_path / "hf", format="huggingface")
+    assert json.load(open(os.path.join(hf_folder, "preprocessor_config.json")))["resample"] == 0  # PIL's NEAREST
+    reread = keras_vit.from_pretrained(timm_folder)
+    assert (reread.interpolation, reread.crop_fraction, reread.crop_mode) == ("nearest", 0.8, "center")

@@ -19,7 +19,8 @@ IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225
 
 # case -> (format, builder arguments beyond SMALL, options the case exercises)
 CASES = {
-    "timm_tanh_token": ("timm", dict(gelu="tanh", class_names=["cat", "dog", "fox"], source_metadata={
+    "timm_tanh_token": ("timm", dict(gelu="tanh", class_names=["cat", "dog", "fox"], interpolation="bilinear",
+                                     crop_fraction=0.95, crop_mode="squash", source_metadata={
         "format": "timm", "pretrained_cfg": {"tag": "kept", "interpolation": "bilinear", "crop_pct": 0.95,
                                              "crop_mode": "squash", "license": "mit"}}),
                         "gelu tanh, class names, pretrained_cfg kept"),
@@ -38,6 +39,7 @@ CASES = {
                           "dynamic image size (also run at 24x32)"),
     "timm_no_position_embedding": ("timm", dict(gelu="exact", position_embedding="none"), "no position embeddings"),
     "hf_exact_token": ("huggingface", dict(gelu="exact", layer_norm_epsilon=1e-12, class_names=["a", "b", "c"],
+                                           interpolation="bicubic",
                                            source_metadata={"format": "huggingface", "preprocessor": {
                                                "resample": 3, "do_resize": True, "image_mean": 0.5}}),
                        "exact GELU, eps 1e-12, id2label, processor settings kept"),

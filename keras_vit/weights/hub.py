@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from keras_vit.core.config import as_pair
+from keras_vit.core.config import CROP_MODES, INTERPOLATIONS, as_pair
 from keras_vit.core.layers import resample_grid
 from keras_vit.core.models import VisionTransformer
 from keras_vit.weights import metadata, npz
@@ -222,6 +222,28 @@ def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dic
 
 
 # --------------------------------------------------------------------------- configurations
+# PIL's resampling numbers (Hugging Face's processors) <-> interpolation names (timm's, the model's).
+_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}
+
+
+def _input_settings(kind, document) -> dict:
+    """The model's resize and crop (``interpolation``, ``crop_fraction``, ``crop_mode``) from
+    timm's ``pretrained_cfg`` or Hugging Face's processor; a value the model cannot take
+    leaves the library's default (the source itself is kept in ``source_metadata``)."""
+    if kind == "timm":  # timm's defaults: bicubic, crop_pct 0.875, "center"
+        interpolation, crop, mode = document.get("interpolation"), document.get("crop_pct"), document.get("crop_mode")
+        defaults = ("bicubic", 0.875, "center")
+    else:  # ViTImageProcessor resizes the whole image to its size (bilinear by default), no crop
+        interpolation = {v: k for k, v in _PIL_RESAMPLE.items()}.get(document.get("resample"))
+        crop, mode, defaults = None, None, ("bilinear", 1.0, "squash")
+    crop_ok = isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1
+    return dict(
+        interpolation=interpolation if interpolation in INTERPOLATIONS else defaults[0],
+        crop_fraction=float(crop) if crop_ok else defaults[1],
+        crop_mode=mode if mode in CROP_MODES else defaults[2],
+    )
+
+
 def _timm_gelu(model_args, path):
     activation = model_args.get("act_layer", "gelu")
     if activation not in ("gelu", "gelu_tanh"):
@@ -299,6 +321,7 @@ def _timm_arguments(config: dict, folder, tensors) -> dict:
         pixel_std=metadata.channel_values(pretrained, "std", f"{path} pretrained_cfg", 0.5, int(channels), positive=True),
         position_resampling="bicubic",
         source_metadata={"format": "timm", "pretrained_cfg": pretrained},
+        **_input_settings("timm", pretrained),
     )
     if "head.weight" in tensors:
         arguments["num_classes"] = int(tensors["head.weight"].shape[0])
@@ -342,6 +365,7 @@ def _huggingface_arguments(config: dict, folder, tensors) -> dict:
         pixel_std=std,
         position_resampling="bicubic",
         source_metadata={"format": "huggingface", "preprocessor": preprocessor},
+        **_input_settings("huggingface", preprocessor),
     )
     if "classifier.weight" in tensors:
         arguments["num_classes"] = int(tensors["classifier.weight"].shape[0])
@@ -540,10 +564,6 @@ def _torch_linear(kernel):
     return np.ascontiguousarray(kernel.reshape(width, -1).T)  # (in, ...) -> PyTorch (out, in)
 
 
-# PIL's resampling numbers (Hugging Face's processors) <-> timm's interpolation names.
-_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
-
-
 def _refuse_unless(condition, model, option, why, format):
     if not condition:
         raise ValueError(
@@ -719,11 +739,13 @@ def _timm_config(model) -> dict:
     if model.dynamic_image_size:
         model_args["dynamic_img_size"] = True
     source = _source(model, "timm")
-    resample = {v: k for k, v in _PIL_RESAMPLE.items()}.get(_source(model, "huggingface").get("resample"), "bicubic")
-    # The checkpoint's own settings (crop_pct, interpolation, crop_mode, tag, license, ...) first;
-    # what the model itself decides (size, classes, normalisation) over them.
-    pretrained_cfg = {"tag": model.name, "custom_load": False, "interpolation": resample, "crop_pct": 0.9,
-                      "crop_mode": "center", **source}
+    # The checkpoint's own settings (tag, license, ...) first; what the model itself decides
+    # (size, classes, normalisation, resize and crop) over them, in the source's spelling
+    # where that spelling reads back as the model's value.
+    pretrained_cfg = {"tag": model.name, "custom_load": False, **source}
+    own = {"interpolation": model.interpolation, "crop_pct": model.crop_fraction, "crop_mode": model.crop_mode}
+    if any(key not in source for key in own) or _input_settings("timm", source) != _input_settings("timm", own):
+        pretrained_cfg.update(own)
     pretrained_cfg.update(
         input_size=[model.channels, *model.image_size],
         fixed_input_size=not model.dynamic_image_size,
@@ -781,12 +803,12 @@ def _huggingface_config(model) -> tuple:
         "transformers_version": HF_LAYOUT_VERSION,
     }
     source = _source(model, "huggingface")
-    interpolation = _source(model, "timm").get("interpolation")
     preprocessor = {
         "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "image_processor_type": "ViTImageProcessor",
-        "resample": _PIL_RESAMPLE.get(interpolation, 2), "rescale_factor": 1 / 255, **source,
+        "image_processor_type": "ViTImageProcessor", "rescale_factor": 1 / 255, **source,
     }
+    if "resample" not in source or _input_settings("huggingface", source)["interpolation"] != model.interpolation:
+        preprocessor["resample"] = _PIL_RESAMPLE[model.interpolation]  # the processor has no crop: resize only
     preprocessor["size"] = {"height": model.image_size[0], "width": model.image_size[1]}
     identity = model.pixel_mean == (0.0,) * model.channels and model.pixel_std == (1.0,) * model.channels
     if not (identity and source.get("do_normalize") is False):  # else the source's own "no normalisation"
