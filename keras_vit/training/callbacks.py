@@ -17,6 +17,24 @@ from keras_vit.run_folder import RunFolder
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
+# Test seam (fault injection), off unless set: with KERAS_VIT_KILL_AFTER_WRITE=N in its
+# environment, a training process SIGKILLs itself right after its N-th epoch-end write
+# (history row, checkpoints, backup weights, backup state), so that a test can kill a real
+# run between any two of them. Nothing reads it otherwise.
+KILL_AFTER_WRITE_VARIABLE = "KERAS_VIT_KILL_AFTER_WRITE"
+_epoch_end_writes = 0
+
+
+def epoch_end_write_done() -> None:
+    """Counts one epoch-end write; kills the process at the count the test seam names."""
+    global _epoch_end_writes
+    target = os.environ.get(KILL_AFTER_WRITE_VARIABLE)
+    if not target:
+        return
+    _epoch_end_writes += 1
+    if _epoch_end_writes == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 class NaNLossError(RuntimeError):
     """The training loss stopped being finite."""
@@ -93,10 +111,23 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         save_model(self.model, self.run.last_checkpoint)
+        epoch_end_write_done()
         accuracy = (logs or {}).get("val_accuracy")
         if accuracy is not None and (self.best is None or accuracy > self.best):
             self.best = float(accuracy)
             save_model(self.model, self.run.best_checkpoint)
+            epoch_end_write_done()
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Appends each epoch's row to ``history.csv`` (Keras's ``CSVLogger``, flushed per row)."""
+
+    def __init__(self, run: RunFolder):
+        super().__init__(run.history_path, append=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        epoch_end_write_done()
 
 
 class Preempted(Exception):
@@ -159,7 +190,9 @@ def save_backup(run: RunFolder, model, epoch: int, step: int, preempted=False) -
     # write is one clean OSError (h5py writing to disk leaves a handle that crashes at exit).
     name = f"epoch{epoch}-step{step}.keras"
     save_model(model, os.path.join(run.backup_dir, name))
+    epoch_end_write_done()
     write_json(run.backup_state, {"epoch": epoch, "step": step, "weights": name, "preempted": preempted})
+    epoch_end_write_done()
     keep = {os.path.basename(run.backup_state), name}
     for entry in os.listdir(run.backup_dir):  # the state replaced, and Keras's BackupAndRestore files of older runs
         if entry not in keep and not entry.startswith("."):
@@ -172,15 +205,34 @@ def read_backup(run: RunFolder):
     Runs of earlier versions (Keras's ``BackupAndRestore``: ``latest.weights.h5`` and
     ``training_metadata.json``) resume at the start of their saved epoch."""
     if os.path.isfile(run.backup_state):
-        with open(run.backup_state) as file:
-            state = json.load(file)
-        return os.path.join(run.backup_dir, state["weights"]), int(state["epoch"]), int(state["step"])
+        return _checked_backup(run)
     weights = os.path.join(run.backup_dir, "latest.weights.h5")
     metadata = os.path.join(run.backup_dir, "training_metadata.json")
     if os.path.isfile(weights) and os.path.isfile(metadata):
         with open(metadata) as file:
             return weights, int(json.load(file)["epoch"]), 0
     return None
+
+
+def _checked_backup(run: RunFolder):
+    # The state and the weights it names, refused in one line when damaged (not a KeyError or BadZipFile).
+    import zipfile
+
+    advice = "train it again with --overwrite to start over"
+    try:
+        with open(run.backup_state) as file:
+            state = json.load(file)
+        weights = os.path.join(run.backup_dir, os.path.basename(state["weights"]))
+        epoch, step = int(state["epoch"]), int(state["step"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"Cannot resume: {run.backup_state!r} is damaged ({type(error).__name__}: {error}); "
+                         f"{advice}.") from None
+    if epoch < 0 or step < 0:
+        raise ValueError(f"Cannot resume: {run.backup_state!r} says epoch={epoch}, step={step}; {advice}.")
+    if not zipfile.is_zipfile(weights):
+        state = "missing" if not os.path.exists(weights) else "damaged (not a whole .keras file)"
+        raise ValueError(f"Cannot resume: the run's saved state {weights!r} is {state}; {advice}.")
+    return weights, epoch, step
 
 
 @contextlib.contextmanager
@@ -228,15 +280,20 @@ class StopOnSigterm(keras.callbacks.Callback):
 def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True, backup=None):
     """The run's callbacks, in the order they must run at the end of an epoch.
 
+    The backup comes last: its ``state.json`` says the epoch is done, so the epoch's
+    history row and checkpoints are written before it, and a kill between any two writes
+    resumes with every completed epoch's row (a row of an epoch the state does not count
+    is written again by the resumed run).
+
     ``backup``: the :class:`Backup` to use (default a new one, from the first epoch)."""
     os.makedirs(run.checkpoints_dir, exist_ok=True)
     callbacks = [
         StopOnNaN(),
         EpochTimer(),
-        backup or Backup(run),
-        keras.callbacks.CSVLogger(run.history_path, append=True),
+        HistoryLogger(run),
         Checkpoints(run, best_val_accuracy=best_val_accuracy),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run.logs_dir, write_graph=False))
+    callbacks.append(backup or Backup(run))
     return callbacks

@@ -111,7 +111,6 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
     jit_compile = resolve_jit_compile(config.jit_compile, device)
 
     previous_rows = lifecycle.begin(run, config, datasets.class_names, resuming=resuming, overwrite=overwrite)
-    best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -121,6 +120,10 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
             optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas)
             compile_model(model, config, optimizer, jit_compile=jit_compile)
             epoch, step = _restore(run, model) if resuming else (0, 0)
+        # The backup's state is written last at an epoch's end: rows of later epochs are of a
+        # kill before it, and the resumed run writes them again.
+        previous_rows = [row for row in previous_rows if row["epoch"] < epoch]
+        best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
         backup = Backup(run, initial_step=step)
         callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
         callbacks.append(StopOnSigterm(run, backup, sigterm, steps_per_epoch, config.epochs))  # last: see its doc
