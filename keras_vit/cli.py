@@ -623,6 +623,11 @@ def main(argv=None):
     except BrokenPipeError:  # the reader went away (`keras-vit models | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C (training saves on the first one and stops with Preempted)
+        if args.verbose:
+            raise
+        print(f"\nkeras-vit {args.command}: interrupted (SIGINT).", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, RuntimeError,
             OSError) as error:
         if args.verbose:

@@ -227,11 +227,11 @@ class RunFolder:
             return []
         with open(self.history_path, newline="") as file:
             reader = csv.DictReader(file)
-            rows = list(reader)
+            rows, header = list(reader), reader.fieldnames
         refused = (f"{self.history_path!r} is not a keras-vit history (one row per epoch under a header with an "
                    f"'epoch' column and numbers); move it away or train again with --overwrite")
-        if "epoch" not in (reader.fieldnames or []):
-            raise ValueError(f"{refused}: its header is {reader.fieldnames}.")
+        if header is not None and "epoch" not in header:  # (an empty file: no epoch has ended yet)
+            raise ValueError(f"{refused}: its header is {header}.")
         by_epoch = {}
         for number, row in enumerate(rows, start=2):
             try:

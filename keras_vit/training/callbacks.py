@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -130,21 +131,30 @@ class HistoryLogger(keras.callbacks.CSVLogger):
         epoch_end_write_done()
 
 
+# What ``keras-vit train`` exits with after each interruption: 128 + the signal's number,
+# as a shell reports a process ended by it (SIGPIPE for a closed output pipe).
+INTERRUPTION_EXIT_CODES = {"SIGTERM": PREEMPTED_EXIT_CODE, "SIGINT": 128 + 2, "output pipe closed": 128 + 13}
+
+
 class Preempted(Exception):
-    """Training stopped on SIGTERM after saving its state; the same ``train`` call resumes it.
+    """Training stopped on SIGTERM, SIGINT (Ctrl-C) or a closed output pipe after saving its
+    state; the same ``train`` call resumes it.
 
     Attributes:
         epoch: the epoch it stopped in, counted from 0.
         step: the steps of that epoch done and saved (0: at the epoch's start).
-        exit_code: what ``keras-vit train`` exits with (143).
+        reason: ``"SIGTERM"``, ``"SIGINT"`` or ``"output pipe closed"``.
+        exit_code: what ``keras-vit train`` exits with (143, 130, 141).
     """
 
     exit_code = PREEMPTED_EXIT_CODE
 
-    def __init__(self, run: RunFolder, epoch: int, step: int, steps_per_epoch: int, epochs: int):
-        self.epoch, self.step = epoch, step
+    def __init__(self, run: RunFolder, epoch: int, step: int, steps_per_epoch: int, epochs: int, reason="SIGTERM"):
+        self.epoch, self.step, self.reason = epoch, step, reason
+        self.exit_code = INTERRUPTION_EXIT_CODES[reason]
+        stopped = "preempted" if reason == "SIGTERM" else "stopped"
         super().__init__(
-            f"preempted (SIGTERM) at epoch {epoch + 1}/{epochs} step {step}/{steps_per_epoch}; the model, optimizer "
+            f"{stopped} ({reason}) at epoch {epoch + 1}/{epochs} step {step}/{steps_per_epoch}; the model, optimizer "
             f"and data position are saved in {run.backup_dir}; rerun the same command to resume from there."
         )
 
@@ -235,25 +245,77 @@ def _checked_backup(run: RunFolder):
     return weights, epoch, step
 
 
+class Interruption(threading.Event):
+    """Set when training is asked to stop; ``reason`` says why (see :class:`Preempted`)."""
+
+    reason = "SIGTERM"
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
+class _ClosedPipeGuard:
+    """Standard output that turns a closed pipe (``keras-vit train | head -1``) into a stop
+    request instead of a ``BrokenPipeError`` thrown out of a progress bar mid-step."""
+
+    def __init__(self, stream, interruption: Interruption):
+        self._stream, self._interruption, self._closed = stream, interruption, False
+
+    def _guarded(self, call, *arguments):
+        if self._closed:
+            return None
+        try:
+            return call(*arguments)
+        except BrokenPipeError:
+            self._closed = True
+            self._interruption.request("output pipe closed")
+            with contextlib.suppress(OSError, ValueError):  # later writes and the exit's flush go nowhere
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            return None
+
+    def write(self, text):
+        written = self._guarded(self._stream.write, text)
+        return len(text) if written is None else written
+
+    def flush(self):
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 @contextlib.contextmanager
 def catching_sigterm():
-    """Yields a ``threading.Event`` set by SIGTERM while the block runs, instead of the
-    process ending; the previous handler comes back after. Signals reach Python's main
-    thread only, so elsewhere the event is never set and SIGTERM keeps its handler."""
-    requested = threading.Event()
+    """Yields an :class:`Interruption` set, while the block runs, by SIGTERM, by SIGINT
+    (Ctrl-C; a second one ends the process) or by a closed standard output, instead of the
+    process ending; the previous handlers and stream come back after. Signals reach
+    Python's main thread only, so elsewhere the event is never set and nothing changes."""
+    requested = Interruption()
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+
+    def on_sigint(signum, frame):
+        if requested.is_set() and requested.reason == "SIGINT":
+            raise KeyboardInterrupt
+        requested.request("SIGINT")
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.request("SIGTERM"))
+    previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+    stdout, sys.stdout = sys.stdout, _ClosedPipeGuard(sys.stdout, requested)
     try:
         yield requested
     finally:
+        sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_sigint)
 
 
 class StopOnSigterm(keras.callbacks.Callback):
     """Once ``requested`` is set (by SIGTERM, what GPU/TPU schedulers send before they take
-    the machine back: :func:`catching_sigterm`), saves the state at the next step's end and
+    the machine back, by Ctrl-C or a closed output pipe: :func:`catching_sigterm`), saves the state at the next step's end and
     raises :class:`Preempted`.
 
     Listed last, so that at an epoch's end every other callback has written its files
@@ -270,11 +332,14 @@ class StopOnSigterm(keras.callbacks.Callback):
         step = self.backup.step  # the Backup, listed before, has counted this batch
         if self.requested.is_set() and step < self.steps_per_epoch:  # at the last step, stop at the epoch's end
             self.backup.save(self.backup.epoch, step, preempted=True)
-            raise Preempted(self.run, self.backup.epoch, step, self.steps_per_epoch, self.epochs)
+            raise Preempted(self.run, self.backup.epoch, step, self.steps_per_epoch, self.epochs, self._reason())
 
     def on_epoch_end(self, epoch, logs=None):
         if self.requested.is_set() and epoch + 1 < self.epochs:
-            raise Preempted(self.run, epoch + 1, 0, self.steps_per_epoch, self.epochs)
+            raise Preempted(self.run, epoch + 1, 0, self.steps_per_epoch, self.epochs, self._reason())
+
+    def _reason(self):
+        return getattr(self.requested, "reason", "SIGTERM")
 
 
 def build_callbacks(run: RunFolder, *, best_val_accuracy=None, tensorboard=True, backup=None):

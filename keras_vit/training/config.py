@@ -468,6 +468,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         _fail("seed", hardware.seed, "an integer >= 0")
 
     # run
+    if run.output is not None:  # one spelling of a folder ("./x", "x/", "x"), so a rerun finds its run
+        run.output = os.path.normpath(run.output)
     if run.run_name is None:
         source = os.path.basename(os.path.normpath(data.image_folder)) if data.image_folder else data.dataset
         run.run_name = f"{source}_vit-{model.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")

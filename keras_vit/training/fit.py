@@ -106,6 +106,13 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
             f"exceeds the {datasets.train_examples} training images."
         )
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
+    if config.epochs * steps_per_epoch < accumulation:  # it would end "finished" with its initial weights
+        raise ValueError(
+            f"Invalid configuration: {config.epochs} epoch(s) x steps_per_epoch={steps_per_epoch} = "
+            f"{config.epochs * steps_per_epoch} micro-batches never reach one optimizer update, which accumulates "
+            f"{accumulation} (total_batch_size={config.total_batch_size} / global batch {global_batch}); expected at "
+            f"least {accumulation} steps in all: raise steps_per_epoch or epochs, or lower total_batch_size."
+        )
     updates_per_epoch = max(1, steps_per_epoch // accumulation)
     policy = resolve_precision(config.precision, device)
     jit_compile = resolve_jit_compile(config.jit_compile, device)
