@@ -315,8 +315,8 @@ def catching_sigterm():
 
 class StopOnSigterm(keras.callbacks.Callback):
     """Once ``requested`` is set (by SIGTERM, what GPU/TPU schedulers send before they take
-    the machine back, by Ctrl-C or a closed output pipe: :func:`catching_sigterm`), saves the state at the next step's end and
-    raises :class:`Preempted`.
+    the machine back, by Ctrl-C or a closed output pipe: :func:`catching_sigterm`), saves
+    the state at the next step's end and raises :class:`Preempted`.
 
     Listed last, so that at an epoch's end every other callback has written its files
     before it stops the run. A request at an epoch's last step stops at that epoch's end
