@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -86,6 +87,37 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
     return value
+
+
+def _int_in(minimum, maximum):
+    """argparse type: an integer in [minimum, maximum], refused by argparse (exit 2) naming
+    the range, before anything is sized by it."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{minimum:,}, {maximum:,}]; got {text!r}")
+        return value
+
+    return parse
+
+
+def _json_text(value) -> str:
+    """``value`` as JSON text, non-finite numbers (NaN, infinity: not JSON) written as null."""
+
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(inner) for inner in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False)
 
 
 def _positive_float(text):
@@ -283,7 +315,7 @@ def _run_evaluate(args):
         )
     result = evaluate(args.path, config=config, batch_size=args.batch_size, verbose=0 if args.json else 1)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(_json_text(result))
     else:
         print(f"Held-out accuracy: {result['accuracy']:.4f} on {result['examples']} images ({result['model']})")
 
@@ -371,7 +403,8 @@ def _add_convert(subparsers):
     parser.add_argument("checkpoint", help=".npz file, repository folder or hf://<org>/<name>")
     parser.add_argument("output", help="the .keras file to write")
     parser.add_argument("--image-size", type=_positive_int, help="fine-tuning resolution (resamples position embeddings)")
-    parser.add_argument("--num-classes", type=int, help="a new zero-initialised head with this many classes")
+    parser.add_argument("--num-classes", type=_int_in(1, 1_000_000),
+                        help="a new zero-initialised head with this many classes (1 to 1,000,000)")
     parser.add_argument("--no-top", action="store_true", help="without the head (feature extractor)")
     parser.add_argument("--include-preprocessing", action="store_true",
                         help="the model takes 0-255 pixels and applies the checkpoint's own mean and std")
@@ -440,7 +473,7 @@ def _add_export(subparsers):
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
     parser.add_argument(
-        "--latency-runs", type=int, default=20,
+        "--latency-runs", type=_int_in(0, 100_000), default=20,
         help="timed batch-1 runs per file and thread setting for the manifest's latency (default 20; 0: none)",
     )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -495,8 +528,8 @@ def _run_predict(args):
     result = predict_files(
         args.model, args.images, top_k=args.top_k, class_names=args.class_names, max_pixels=args.max_pixels
     )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # a NaN probability (a model that outputs NaN) is printed as null
+        print(_json_text(result))
     elif result["predictions"]:
         print(format_predictions(result))
     for error in result["errors"]:

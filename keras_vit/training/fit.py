@@ -233,6 +233,25 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
         raise ValueError(
             f"Model {model_path!r} has {model.output_shape[-1]} classes; the data has {datasets.num_classes}."
         )
+    if os.path.basename(model_path) == run_folder.MODEL_FILE:  # a run's model: its config.json names the classes
+        _check_class_names(run_folder.of_model(model_path).class_names(), list(datasets.class_names), model_path)
     compile_model(model, config.replace(label_smoothing=0.0), optimizer="sgd")
     loss, accuracy = model.evaluate(datasets.validation, verbose=verbose)
     return {"accuracy": float(accuracy), "loss": float(loss), "examples": datasets.validation_examples, "model": model_path}
+
+
+def _check_class_names(trained, found, model_path):
+    # Labels are indices: the data's classes must be the run's, by name and in order, or
+    # every score would be of one class against another (`kitten/dog` for `cat/dog`: 0.0).
+    if trained is None or trained == found:
+        return
+    unknown = [name for name in found if name not in trained]
+    missing = [name for name in trained if name not in found]
+    differences = "; ".join(
+        part for part in (f"unknown to the model: {unknown}" if unknown else "",
+                          f"missing from the data: {missing}" if missing else "") if part
+    ) or "the same names in another order"
+    raise ValueError(
+        f"The data's classes {found} are not those model {model_path!r} was trained on, {trained} ({differences}); "
+        f"expected an image folder with one sub-folder named after each of the model's classes."
+    )
