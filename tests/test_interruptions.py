@@ -22,7 +22,7 @@ TINY = ["--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--mlp-d
 def _train(*arguments, env=None, **options):
     command = [sys.executable, "-m", "keras_vit.cli", "train", *TINY, "--quiet", *map(str, arguments)]
     environment = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, **options)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, **options)
 
 
 def _history_epochs(output):
@@ -70,7 +70,7 @@ def _interrupt_when_training(process, send):
             if line.startswith("Training "):
                 send(process)
                 break
-        _, errors = process.communicate(timeout=120)
+        _, errors = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
@@ -98,7 +98,7 @@ def test_ctrl_c_saves_like_sigterm_and_the_same_folder_spelled_otherwise_resumes
     assert (state["epoch"], state["step"], state["preempted"]) == (0, step, True)
 
     resumed = _start("--epochs", 1, "--steps-per-epoch", 100, "--output", "./run/", cwd=tmp_path)
-    out, errors = resumed.communicate(timeout=120)
+    out, errors = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, errors[-1000:]
     assert f"(resuming at epoch 1 step {step}/100, where it was preempted)" in out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["optimizer_steps"] == 100
@@ -131,7 +131,7 @@ def test_an_interrupted_overwrite_resumes_when_its_command_is_given_again(tmp_pa
     assert (output / "metrics.json").read_text() == old_metrics  # the old run stays until the new one finishes
 
     resumed = _start("--epochs", 1, "--steps-per-epoch", 100, "--output", output, "--overwrite")
-    out, errors = resumed.communicate(timeout=120)
+    out, errors = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, errors[-1000:]
     assert f"(resuming at epoch 1 step {step}/100, where it was preempted)" in out
     metrics = json.loads((output / "metrics.json").read_text())
