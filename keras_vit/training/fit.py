@@ -106,13 +106,7 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
             f"exceeds the {datasets.train_examples} training images."
         )
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
-    if config.epochs * steps_per_epoch < accumulation:  # it would end "finished" with its initial weights
-        raise ValueError(
-            f"Invalid configuration: {config.epochs} epoch(s) x steps_per_epoch={steps_per_epoch} = "
-            f"{config.epochs * steps_per_epoch} micro-batches never reach one optimizer update, which accumulates "
-            f"{accumulation} (total_batch_size={config.total_batch_size} / global batch {global_batch}); expected at "
-            f"least {accumulation} steps in all: raise steps_per_epoch or epochs, or lower total_batch_size."
-        )
+    _check_some_update(config, steps_per_epoch, accumulation, global_batch)
     updates_per_epoch = max(1, steps_per_epoch // accumulation)
     policy = resolve_precision(config.precision, device)
     jit_compile = resolve_jit_compile(config.jit_compile, device)
@@ -177,6 +171,17 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _check_some_update(config, steps_per_epoch, accumulation, global_batch):
+    # A run whose micro-batches never reach one optimizer update would end "finished" with its initial weights.
+    if config.epochs * steps_per_epoch < accumulation:
+        raise ValueError(
+            f"Invalid configuration: {config.epochs} epoch(s) x steps_per_epoch={steps_per_epoch} = "
+            f"{config.epochs * steps_per_epoch} micro-batches never reach one optimizer update, which accumulates "
+            f"{accumulation} (total_batch_size={config.total_batch_size} / global batch {global_batch}); expected at "
+            f"least {accumulation} steps in all: raise steps_per_epoch or epochs, or lower total_batch_size."
+        )
 
 
 def _restore(run, model):
