@@ -120,14 +120,14 @@ def test_a_foreign_history_or_a_truncated_backup_is_refused_in_one_line_on_resum
     history = (run / "history.csv").read_text()
     (run / "history.csv").write_text("step,value\n1,2.5\n")
     capsys.readouterr()
-    assert cli.main(["train", *TINY_FLAGS, "--epochs", "2", "--image-folder", photos, "--output", str(run)]) == 2
+    assert cli.main(["train", *TINY_FLAGS, "--image-folder", photos, "--output", str(run)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "is not a keras-vit history" in error and "['step', 'value']" in error
 
     (run / "history.csv").write_text(history)
     backup = run / "backup" / "epoch1-step0.keras"
     backup.write_bytes(backup.read_bytes()[:1000])
-    assert cli.main(["train", *TINY_FLAGS, "--epochs", "2", "--image-folder", photos, "--output", str(run)]) == 2
+    assert cli.main(["train", *TINY_FLAGS, "--image-folder", photos, "--output", str(run)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert f"Cannot resume: the run's saved state {str(backup)!r} is damaged (not a whole .keras file)" in error
@@ -138,10 +138,10 @@ def test_evaluate_refuses_a_folder_whose_classes_are_not_the_runs(finished_run, 
     photos, run = finished_run
     other = _folder(tmp_path / "other", classes=("dog", "kitten"))
     capsys.readouterr()
-    assert cli.main(["evaluate", str(run), "--image-folder", other, "--json"]) == 2
+    assert cli.main(["evaluate", str(run), "--image-folder", other, "--batch-size", "4", "--json"]) == 2
     error = capsys.readouterr().err
     assert "unknown to the model: ['kitten']; missing from the data: ['cat']" in error
-    assert cli.main(["evaluate", str(run), "--image-folder", photos, "--json"]) == 0
+    assert cli.main(["evaluate", str(run), "--image-folder", photos, "--batch-size", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 8
 
 
