@@ -5,7 +5,8 @@ sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches.
 from the library ends the command with one line and no traceback (unless ``--verbose``):
 exit status 2 for input it cannot use (a bad value, a missing file), 1 for a run or a
 verification that failed or a system refusal (permissions, a full disk), 0 for success;
-``keras-vit train`` stopped by SIGTERM exits with 143 once it has saved where it was.
+``keras-vit train`` stopped by SIGTERM, Ctrl-C or a closed output pipe exits with 143, 130
+or 141 once it has saved where it was.
 
 Nothing here imports Keras or TensorFlow before a handler runs, so ``--help``,
 ``--version`` and argument errors answer at once; and unless ``--verbose`` is given, the
@@ -239,8 +240,8 @@ def _add_train(subparsers):
         description="Trains a ViT with model.fit and writes one run folder (saved_models/<run-name>/ or "
         "--output): model.keras, config.json, history.csv, training_curves.png, metrics.json, TensorBoard "
         "logs. Flags override the --config file. A killed run resumes when the same command is given again. "
-        "On SIGTERM (a scheduler's preemption) it saves the step it is at and exits with status 143; the same "
-        "command then resumes from that step, with the data where it was.",
+        "On SIGTERM (a scheduler's preemption), Ctrl-C or a closed output pipe it saves the step it is at and "
+        "exits with status 143, 130 or 141; the same command then resumes from that step, with the data where it was.",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of configuration fields")
     defaults = TrainConfig()

@@ -69,7 +69,8 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
             may not be used (see :meth:`keras_vit.run_folder.RunFolder.check`).
         FileNotFoundError: for missing data or weights.
         RuntimeError: when the loss becomes NaN (the last good checkpoint is kept).
-        Preempted: on SIGTERM, once the state is saved (``keras-vit train`` exits with 143).
+        Preempted: on SIGTERM, SIGINT (Ctrl-C) or a closed standard output, once the state is
+            saved (``keras-vit train`` exits with 143, 130 or 141).
     """
     config = resolve_config(config or TrainConfig())
     keras.utils.set_random_seed(config.seed)
