@@ -5,7 +5,8 @@ sets ``handler`` to a function taking the parsed arguments; ``main`` dispatches.
 from the library ends the command with one line and no traceback (unless ``--verbose``):
 exit status 2 for input it cannot use (a bad value, a missing file), 1 for a run or a
 verification that failed or a system refusal (permissions, a full disk), 0 for success;
-``keras-vit train`` stopped by SIGTERM exits with 143 once it has saved where it was.
+``keras-vit train`` stopped by SIGTERM, Ctrl-C or a closed output pipe exits with 143, 130
+or 141 once it has saved where it was.
 
 Nothing here imports Keras or TensorFlow before a handler runs, so ``--help``,
 ``--version`` and argument errors answer at once; and unless ``--verbose`` is given, the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -86,6 +88,37 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
     return value
+
+
+def _int_in(minimum, maximum):
+    """argparse type: an integer in [minimum, maximum], refused by argparse (exit 2) naming
+    the range, before anything is sized by it."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{minimum:,}, {maximum:,}]; got {text!r}")
+        return value
+
+    return parse
+
+
+def _json_text(value) -> str:
+    """``value`` as JSON text, non-finite numbers (NaN, infinity: not JSON) written as null."""
+
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(inner) for inner in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False)
 
 
 def _positive_float(text):
@@ -227,8 +260,8 @@ def _add_train(subparsers):
         description="Trains a ViT with model.fit and writes one run folder (saved_models/<run-name>/ or "
         "--output): model.keras, config.json, history.csv, training_curves.png, metrics.json, TensorBoard "
         "logs. Flags override the --config file. A killed run resumes when the same command is given again. "
-        "On SIGTERM (a scheduler's preemption) it saves the step it is at and exits with status 143; the same "
-        "command then resumes from that step, with the data where it was.",
+        "On SIGTERM (a scheduler's preemption), Ctrl-C or a closed output pipe it saves the step it is at and "
+        "exits with status 143, 130 or 141; the same command then resumes from that step, with the data where it was.",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of configuration fields")
     defaults = TrainConfig()
@@ -303,7 +336,7 @@ def _run_evaluate(args):
         )
     result = evaluate(args.path, config=config, batch_size=args.batch_size, verbose=0 if args.json else 1)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(_json_text(result))
     else:
         print(f"Held-out accuracy: {result['accuracy']:.4f} on {result['examples']} images ({result['model']})")
 
@@ -391,7 +424,8 @@ def _add_convert(subparsers):
     parser.add_argument("checkpoint", help=".npz file, repository folder or hf://<org>/<name>")
     parser.add_argument("output", help="the .keras file to write")
     parser.add_argument("--image-size", type=_positive_int, help="fine-tuning resolution (resamples position embeddings)")
-    parser.add_argument("--num-classes", type=int, help="a new zero-initialised head with this many classes")
+    parser.add_argument("--num-classes", type=_int_in(1, 1_000_000),
+                        help="a new zero-initialised head with this many classes (1 to 1,000,000)")
     parser.add_argument("--no-top", action="store_true", help="without the head (feature extractor)")
     parser.add_argument("--include-preprocessing", action="store_true",
                         help="the model takes 0-255 pixels and applies the checkpoint's own mean and std")
@@ -460,7 +494,7 @@ def _add_export(subparsers):
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in the output folder")
     parser.add_argument(
-        "--latency-runs", type=int, default=20,
+        "--latency-runs", type=_int_in(0, 100_000), default=20,
         help="timed batch-1 runs per file and thread setting for the manifest's latency (default 20; 0: none)",
     )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -515,8 +549,8 @@ def _run_predict(args):
     result = predict_files(
         args.model, args.images, top_k=args.top_k, class_names=args.class_names, max_pixels=args.max_pixels
     )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # a NaN probability (a model that outputs NaN) is printed as null
+        print(_json_text(result))
     elif result["predictions"]:
         print(format_predictions(result))
     for error in result["errors"]:
@@ -643,6 +677,11 @@ def main(argv=None):
     except BrokenPipeError:  # the reader went away (`keras-vit models | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C (training saves on the first one and stops with Preempted)
+        if args.verbose:
+            raise
+        print(f"\nkeras-vit {args.command}: interrupted (SIGINT).", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, RuntimeError,
             OSError) as error:
         if args.verbose:

@@ -247,10 +247,19 @@ class RunFolder:
         if not os.path.isfile(self.history_path):
             return []
         with open(self.history_path, newline="") as file:
-            rows = list(csv.DictReader(file))
+            reader = csv.DictReader(file)
+            rows, header = list(reader), reader.fieldnames
+        refused = (f"{self.history_path!r} is not a keras-vit history (one row per epoch under a header with an "
+                   f"'epoch' column and numbers); move it away or train again with --overwrite")
+        if header is not None and "epoch" not in header:  # (an empty file: no epoch has ended yet)
+            raise ValueError(f"{refused}: its header is {header}.")
         by_epoch = {}
-        for row in rows:
-            by_epoch[int(row["epoch"])] = {key: float(value) for key, value in row.items() if value not in ("", None)}
+        for number, row in enumerate(rows, start=2):
+            try:
+                values = {key: float(value) for key, value in row.items() if value not in ("", None)}
+                by_epoch[int(values["epoch"])] = values
+            except (ValueError, TypeError, KeyError):
+                raise ValueError(f"{refused}: line {number} reads {list(row.values())}.") from None
         return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
     def append_history(self, row: Dict) -> None:

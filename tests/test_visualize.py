@@ -117,12 +117,22 @@ def test_attention_maps_do_not_depend_on_batch_size(token_model):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_attention_maps_scale_uint8_images_and_accept_grey_batches(non_square_model):
+def test_attention_maps_refuse_integer_pixels_as_the_model_does_and_accept_grey_batches(non_square_model):
     model, _ = non_square_model
     pixels = np.random.default_rng(1).integers(0, 256, (2, 16, 32), dtype=np.uint8)
-    from_uint8 = visualize.attention_maps(model, pixels)
-    from_floats = visualize.attention_maps(model, pixels[..., None].astype("float32") / 127.5 - 1.0)
-    np.testing.assert_allclose(from_uint8[1], from_floats[1], atol=1e-6)
+    for integers in (pixels, pixels.astype(np.int64)):  # uint8 and what np.array([[0, 255, ...]]) gives
+        with pytest.raises(ValueError, match=r"takes float images scaled to \[-1, 1\]; received (uint8|int64) pixels"):
+            visualize.attention_maps(model, integers)
+        with pytest.raises(ValueError, match=r"received (uint8|int64) pixels"):
+            visualize.mean_attention_distance(model, integers)
+        with pytest.raises(ValueError) as by_the_model:
+            model(integers[..., None])
+        with pytest.raises(ValueError) as by_visualize:
+            visualize.attention_maps(model, integers)
+        assert str(by_visualize.value) in str(by_the_model.value)  # Keras wraps the model's words
+    grey = visualize.attention_maps(model, pixels.astype("float32") / 127.5 - 1.0)  # (B, H, W) grey images
+    channels = visualize.attention_maps(model, pixels[..., None].astype("float32") / 127.5 - 1.0)
+    np.testing.assert_allclose(grey[1], channels[1], atol=1e-6)
 
 
 def test_attention_maps_reject_images_of_the_wrong_size(token_model):

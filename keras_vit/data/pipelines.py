@@ -487,10 +487,27 @@ def embedded_mnist(
 
 
 # --------------------------------------------------------------------------- image folders
-def _readable_image(path):
-    """None when ``path`` decodes as a JPEG or PNG image, else why it does not."""
+def _readable_image(path, max_pixels):
+    """None when ``path`` decodes as a JPEG or PNG image, else why it does not.
+
+    Checked before any byte is decoded: a regular file (a FIFO or socket would hang the
+    read), reachable (not a symlink loop), and at most ``max_pixels`` by its header."""
+    import stat
+
     import tensorflow as tf
 
+    from keras_vit.data.images import decoded_size
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:  # ELOOP: a symlink loop; ENOENT: a dangling link
+        return f"cannot be opened ({error.strerror})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device is never read)"
+    size = decoded_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return (f"{size[0]}x{size[1]} pixels is more than max_pixels={max_pixels:,} (read from its header, not "
+                f"decoded); downscale it or raise max_pixels")
     try:
         contents = tf.io.read_file(path)
         if not (tf.io.is_jpeg(contents) or _is_png(contents.numpy())):
@@ -498,7 +515,7 @@ def _readable_image(path):
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return "empty image"
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+    except tf.errors.OpError as error:
         return error.message.splitlines()[0] if error.message else type(error).__name__
     return None
 
@@ -507,18 +524,22 @@ def _is_png(contents):
     return contents[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def scan_image_folder(directory, class_names=None, *, verbose=True):
+def scan_image_folder(directory, class_names=None, *, verbose=True, max_pixels=None):
     """Lists the images of a folder with one sub-folder per class, checking each one.
 
     Every file is decoded once; a corrupt or non-image file (anything but a decodable
-    JPEG or PNG) is left out and reported by name, so that training never fails on it
-    mid-epoch.
+    JPEG or PNG), one that is not a regular file (a FIFO, a socket) or a symlink loop, and
+    one larger than ``max_pixels`` by its header is left out and reported by name, so that
+    training never fails, hangs or runs out of memory on it mid-epoch. Hidden folders and
+    files (``.*``, such as ``.ipynb_checkpoints``) are neither classes nor images.
 
     Args:
         directory: folder holding one sub-folder per class (``cat/``, ``dog/``, ...).
         class_names: expected class folders in label order (to keep the labels of a
             training folder on a validation folder); default: the sorted sub-folders.
         verbose: print the skipped files and a count to standard error.
+        max_pixels: largest decoded width x height read (default
+            :data:`keras_vit.data.images.DEFAULT_MAX_PIXELS`, 50 megapixels).
 
     Returns:
         ``(paths, labels, class_names, skipped)``: lists of readable file paths and
@@ -535,9 +556,15 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
-    # A folder keras-vit wrote (a run, an export: it holds the marker) is never data.
-    found = sorted(d for d in os.listdir(directory)
-                   if os.path.isdir(os.path.join(directory, d)) and not is_marked(os.path.join(directory, d)))
+    from keras_vit.data.images import DEFAULT_MAX_PIXELS
+
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    # Hidden entries are not data, nor is a folder keras-vit wrote (a run, an export: it holds the marker).
+    found = sorted(
+        entry for entry in os.listdir(directory)
+        if not entry.startswith(".") and os.path.isdir(os.path.join(directory, entry))
+        and not is_marked(os.path.join(directory, entry))
+    )
     if class_names is None:
         class_names = found
         if not class_names:
@@ -554,12 +581,13 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
         class_dir = os.path.join(directory, name)
         walked = []
         for root, folders, files in os.walk(class_dir):
-            folders[:] = [name for name in folders if not is_marked(os.path.join(root, name))]
+            folders[:] = [name for name in folders  # not descended into: hidden folders and keras-vit's own
+                          if not name.startswith(".") and not is_marked(os.path.join(root, name))]
             walked.append((root, files))
         for root, files in sorted(walked):
             candidates += [(os.path.join(root, f), label) for f in sorted(files) if not f.startswith(".")]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        problems = list(pool.map(lambda item: _readable_image(item[0]), candidates))
+        problems = list(pool.map(lambda item: _readable_image(item[0], max_pixels), candidates))
     paths, labels, skipped = [], [], []
     for (path, label), problem in zip(candidates, problems):
         if problem is None:
@@ -614,6 +642,7 @@ def image_folder(
     random_erasing=None,
     seed=0,
     cache=False,
+    max_pixels=None,
 ):
     """Pipelines over folders of JPEG/PNG images, one sub-folder per class.
 
@@ -627,6 +656,8 @@ def image_folder(
             as :func:`embedded_mnist` (here the inception crop and flips are on by default).
         seed: split, shuffling and augmentation seed.
         cache: keep decoded images in memory after the first epoch.
+        max_pixels: images larger than this (width x height, from the header) are skipped
+            before decoding (default 50 megapixels; see :func:`scan_image_folder`).
 
     Returns:
         A :class:`Datasets`; ``skipped_files`` lists the unreadable files left out.
@@ -639,14 +670,15 @@ def image_folder(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
         randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
-    paths, labels, class_names, skipped = scan_image_folder(directory)
+    paths, labels, class_names, skipped = scan_image_folder(directory, max_pixels=max_pixels)
     if len(class_names) < 2:
         raise ValueError(
             f"Image folder {directory!r} has one class folder ({class_names[0]!r}); a classifier needs at least two "
             f"(one sub-folder per class)."
         )
     if validation_directory is not None:
-        val_paths, val_labels, _, val_skipped = scan_image_folder(validation_directory, class_names)
+        val_paths, val_labels, _, val_skipped = scan_image_folder(validation_directory, class_names,
+                                                                  max_pixels=max_pixels)
         skipped += val_skipped
     else:
         if not 0 < validation_fraction < 1:

@@ -13,11 +13,14 @@ its files through it; ``keras-vit predict`` predicts with it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from keras_vit import run_folder
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8_mixed", "int8")
@@ -256,19 +259,62 @@ class Artifact:
         return _softmax(outputs) if kind == "logits" else outputs
 
 
-def _manifest_beside(folder):
+def artifact_checksum(path) -> str:
+    """SHA-256 (hex) of an exported file; of a SavedModel folder, of its ``saved_model.pb``.
+
+    ``keras-vit export`` records it in the manifest as each artifact's ``sha256``."""
+    import hashlib
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "saved_model.pb")
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_beside(folder, artifact_path=None):
+    # The manifest is trusted only for a file whose checksum it records: one beside another
+    # export's files (or edited, or of an older version) says nothing true about this one.
     manifest, labels = None, None
     manifest_path = os.path.join(folder, MANIFEST_FILENAME)
     if os.path.isfile(manifest_path):
         with open(manifest_path) as file:
-            manifest = json.load(file)
-        if not isinstance(manifest, dict):
+            try:
+                manifest = json.load(file)
+            except json.JSONDecodeError:
+                manifest = None
+        if manifest is not None and not isinstance(manifest, dict):
             raise ValueError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not the object a keras-vit "
                              f"manifest is; remove it or export again.")
+        problem = _untrusted(manifest, artifact_path)
+        if problem:
+            logger.warning("Ignoring %s: %s; its class names, input range and output kind are not used "
+                           "(export the model again to get a manifest that fits).", manifest_path, problem)
+            manifest = None
     labels_path = os.path.join(folder, LABELS_FILENAME)
     if os.path.isfile(labels_path):
         labels = labels_path
     return manifest, labels
+
+
+def _untrusted(manifest, artifact_path):
+    """Why ``manifest`` may not describe ``artifact_path``, or None when it records its checksum."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        return "it is not a keras-vit export manifest"
+    if artifact_path is None:
+        return None
+    name = os.path.basename(os.path.normpath(artifact_path))
+    entry = next((e for e in manifest["artifacts"] if isinstance(e, dict) and e.get("file") == name), None)
+    if entry is None:
+        return f"it lists no artifact named {name!r}"
+    if "sha256" not in entry:
+        return f"it records no checksum (sha256) for {name!r}"
+    if entry["sha256"] != artifact_checksum(artifact_path):
+        return f"{name!r} is not the file it describes (its sha256 differs from the manifest's)"
+    return None
 
 
 class KerasArtifact(Artifact):
@@ -310,7 +356,7 @@ class SavedModelArtifact(Artifact):
         _, height, width, self.channels = spec.shape.as_list()
         self.image_size = (height, width)
         self.num_classes = int(self._function.structured_outputs["outputs"].shape[-1])
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)))
+        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         self._finish(manifest, labels)
 
     def _run_batch(self, images):
@@ -335,7 +381,7 @@ class TFLiteArtifact(Artifact):
         self.image_size = (height, width)
         self.num_classes = int(outputs[0]["shape"][-1])
         self.input_dtype = inputs[0]["dtype"]
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)))
+        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         self._finish(manifest, labels)
 
     def _run_batch(self, images):
@@ -379,7 +425,7 @@ class OnnxArtifact(Artifact):
         self.num_classes = int(self.session.get_outputs()[0].shape[-1])
         metadata = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)))
+        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         input_range = json.loads(metadata["input_range"]) if "input_range" in metadata else None
         self._finish(
             manifest, labels if names is None else None, class_names=names,

@@ -47,6 +47,7 @@ from keras_vit.deploy.artifacts import (
     CALIBRATED_PRECISIONS,
     TFLITE_PRECISIONS,
     VERIFICATION_SAMPLES,
+    artifact_checksum,
     load_artifact,
     load_keras_model,
     from_unit_range,
@@ -1034,6 +1035,10 @@ def _write_export(model, output_dir, export_dir, *, planned, formats, class_name
             "pools. Other devices differ (int8 gains most on CPUs with int8 dot-product instructions): "
             "measure there with keras-vit benchmark --artifacts DIR.",
         }
+    for entry in artifacts:  # readers trust this manifest only for the files whose checksum it records
+        path = os.path.join(output_dir, entry["file"])
+        if os.path.exists(path):
+            entry["sha256"] = artifact_checksum(path)
     from keras_vit.version import __version__
 
     manifest = {

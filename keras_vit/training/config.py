@@ -345,6 +345,16 @@ def load_config_file(path):
 
 
 # --------------------------------------------------------------------------- resolution and checks
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 1_000_000_000
+MAX_BATCH = 1 << 20
+MAX_SEED = 2**32 - 1
+
+
+def _int_within(value, maximum, minimum=1) -> bool:
+    return is_int(value, minimum=minimum) and value <= maximum
+
+
 def _fail(field, value, accepted):
     _checked(refuse, name=field, value=value, accepted=accepted)
 
@@ -458,16 +468,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     # optimization: the recipe
     if optimization.epochs is None:
         optimization.epochs = DEFAULT_EPOCHS
-    if not is_int(optimization.epochs):
-        _fail("epochs", optimization.epochs, "a positive integer")
-    if not is_int(optimization.batch_size):
-        _fail("batch_size", optimization.batch_size, "a positive integer (images per replica)")
-    if optimization.steps_per_epoch is not None and not is_int(optimization.steps_per_epoch):
-        _fail("steps_per_epoch", optimization.steps_per_epoch, "a positive integer or null")
+    # Counts are bounded here, before TensorFlow sizes anything by them or a run folder is made.
+    if not _int_within(optimization.epochs, MAX_EPOCHS):
+        _fail("epochs", optimization.epochs, f"a positive integer up to {MAX_EPOCHS:,}")
+    if not _int_within(optimization.batch_size, MAX_BATCH):
+        _fail("batch_size", optimization.batch_size, f"a positive integer up to {MAX_BATCH:,} (images per replica)")
+    if optimization.steps_per_epoch is not None and not _int_within(optimization.steps_per_epoch, MAX_STEPS):
+        _fail("steps_per_epoch", optimization.steps_per_epoch, f"a positive integer up to {MAX_STEPS:,} or null")
     if optimization.total_batch_size is not None:
         # Given by the user: it must be reachable, or it would be silently ignored.
-        if not is_int(optimization.total_batch_size):
-            _fail("total_batch_size", optimization.total_batch_size, "a positive integer or null")
+        if not _int_within(optimization.total_batch_size, MAX_BATCH):
+            _fail("total_batch_size", optimization.total_batch_size, f"a positive integer up to {MAX_BATCH:,} or null")
         if optimization.total_batch_size < optimization.batch_size:
             _fail("total_batch_size", optimization.total_batch_size,
                   f"at least batch_size={optimization.batch_size} (a multiple of the global batch; lower batch_size "
@@ -500,10 +511,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         hardware.jit_compile = "on" if hardware.jit_compile else "off"
     if hardware.jit_compile not in JIT_CHOICES:
         _fail("jit_compile", hardware.jit_compile, f"one of {list(JIT_CHOICES)}")
-    if not is_int(hardware.seed, minimum=0):
-        _fail("seed", hardware.seed, "an integer >= 0")
+    if not _int_within(hardware.seed, MAX_SEED, minimum=0):  # NumPy's and TensorFlow's seeds are 32-bit
+        _fail("seed", hardware.seed, f"an integer in [0, {MAX_SEED:,}]")
 
     # run
+    if run.output is not None:  # one spelling of a folder ("./x", "x/", "x"), so a rerun finds its run
+        run.output = os.path.normpath(run.output)
     if run.run_name is None:
         source = os.path.basename(os.path.normpath(data.image_folder)) if data.image_folder else data.dataset
         run.run_name = f"{source}_vit-{model.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")

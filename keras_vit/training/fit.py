@@ -71,7 +71,8 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
             may not be used (see :meth:`keras_vit.run_folder.RunFolder.check`).
         FileNotFoundError: for missing data or weights.
         RuntimeError: when the loss becomes NaN (the last good checkpoint is kept).
-        Preempted: on SIGTERM, once the state is saved (``keras-vit train`` exits with 143).
+        Preempted: on SIGTERM, SIGINT (Ctrl-C) or a closed standard output, once the state is
+            saved (``keras-vit train`` exits with 143, 130 or 141).
     """
     config = resolve_config(config or TrainConfig())
     keras.utils.set_random_seed(config.seed)
@@ -112,6 +113,7 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
             f"exceeds the {datasets.train_examples} training images."
         )
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
+    _check_some_update(config, steps_per_epoch, accumulation, global_batch)
     updates_per_epoch = max(1, steps_per_epoch // accumulation)
     # The teacher is checked against the data's classes before the run folder is written.
     teacher = None if config.teacher is None else load_teacher(
@@ -120,7 +122,6 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
     jit_compile = resolve_jit_compile(config.jit_compile, device)
 
     previous_rows = lifecycle.begin(run, config, datasets.class_names, resuming=resuming, overwrite=overwrite)
-    best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -133,6 +134,10 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
                 attach_teacher(model, teacher, kind=config.distillation, alpha=config.distillation_alpha,
                                tau=config.distillation_tau, label_smoothing=config.label_smoothing)
             epoch, step = _restore(run, model) if resuming else (0, 0)
+        # The backup's state is written last at an epoch's end: rows of later epochs are of a
+        # kill before it, and the resumed run writes them again.
+        previous_rows = [row for row in previous_rows if row["epoch"] < epoch]
+        best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
         backup = Backup(run, initial_step=step)
         callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
         if config.ema_decay:
@@ -182,6 +187,17 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _check_some_update(config, steps_per_epoch, accumulation, global_batch):
+    # A run whose micro-batches never reach one optimizer update would end "finished" with its initial weights.
+    if config.epochs * steps_per_epoch < accumulation:
+        raise ValueError(
+            f"Invalid configuration: {config.epochs} epoch(s) x steps_per_epoch={steps_per_epoch} = "
+            f"{config.epochs * steps_per_epoch} micro-batches never reach one optimizer update, which accumulates "
+            f"{accumulation} (total_batch_size={config.total_batch_size} / global batch {global_batch}); expected at "
+            f"least {accumulation} steps in all: raise steps_per_epoch or epochs, or lower total_batch_size."
+        )
 
 
 def _restore(run, model):
@@ -244,6 +260,25 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
         raise ValueError(
             f"Model {model_path!r} has {model.output_shape[-1]} classes; the data has {datasets.num_classes}."
         )
+    if os.path.basename(model_path) == run_folder.MODEL_FILE:  # a run's model: its config.json names the classes
+        _check_class_names(run_folder.of_model(model_path).class_names(), list(datasets.class_names), model_path)
     compile_model(model, config.replace(label_smoothing=0.0), optimizer="sgd")
     loss, accuracy = model.evaluate(datasets.validation, verbose=verbose)
     return {"accuracy": float(accuracy), "loss": float(loss), "examples": datasets.validation_examples, "model": model_path}
+
+
+def _check_class_names(trained, found, model_path):
+    # Labels are indices: the data's classes must be the run's, by name and in order, or
+    # every score would be of one class against another (`kitten/dog` for `cat/dog`: 0.0).
+    if trained is None or trained == found:
+        return
+    unknown = [name for name in found if name not in trained]
+    missing = [name for name in trained if name not in found]
+    differences = "; ".join(
+        part for part in (f"unknown to the model: {unknown}" if unknown else "",
+                          f"missing from the data: {missing}" if missing else "") if part
+    ) or "the same names in another order"
+    raise ValueError(
+        f"The data's classes {found} are not those model {model_path!r} was trained on, {trained} ({differences}); "
+        f"expected an image folder with one sub-folder named after each of the model's classes."
+    )

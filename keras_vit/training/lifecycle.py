@@ -32,7 +32,19 @@ def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
     refuse_output_inside_data(config)
     if not decide:
         return (run.replacement() if overwrite and run.is_run() else run), False
-    canonical = lambda saved: TrainConfig.from_dict(saved).to_dict()  # noqa: E731  (flat files of earlier versions)
+    canonical = _canonical(config)
+    if overwrite:  # the rerun of an interrupted `--overwrite` command resumes what it started
+        pending = _interrupted_run(run, config, canonical)
+        if pending is run:
+            overwrite = False
+        elif pending is not None:
+            run.lock()
+            try:
+                pending.lock()
+            except BaseException:
+                run.unlock()
+                raise
+            return pending, True
     run.check(config.to_dict(), resume=resume, overwrite=overwrite, canonical=canonical)  # before touching the folder
     run.lock()
     try:  # again under the lock: another process may have finished the run meanwhile
@@ -61,11 +73,36 @@ def refuse_output_inside_data(config: TrainConfig) -> None:
             )
 
 
+def _canonical(config: TrainConfig):
+    # A saved configuration in the form of ``config.to_dict()`` (flat files of earlier versions
+    # too), less where the folder is: the folder compared is the one found there, however its
+    # path was spelled (relative or absolute, --output or --run-name).
+    def canonical(saved):
+        values = TrainConfig.from_dict(saved).to_dict()
+        values["run"].update(output=config.output, run_name=config.run_name)
+        return values
+
+    return canonical
+
+
+def _interrupted_run(run: RunFolder, config: TrainConfig, canonical) -> Optional[RunFolder]:
+    """The unfinished run of this configuration that an interrupted ``--overwrite`` of
+    ``run`` left: its replacement being built, or ``run`` itself; None when there is none."""
+    for candidate in ([run.replacement()] if run.is_run() else []) + [run]:
+        try:
+            if candidate.is_run() and candidate.check(config.to_dict(), canonical=canonical):
+                return candidate
+        except ValueError:  # another configuration, or not a run: --overwrite replaces it
+            continue
+    return None
+
+
 def begin(run: RunFolder, config: TrainConfig, class_names: List[str], *, resuming: bool, overwrite: bool):
     """Creates the folder and, for a new run, writes the configuration and class names.
 
     Returns the history rows of the epochs already done (empty for a new run)."""
-    run.begin(config.to_dict(), class_names, resuming=resuming, overwrite=overwrite)
+    # A run resumed under --overwrite (see start) is continued, not emptied.
+    run.begin(config.to_dict(), class_names, resuming=resuming, overwrite=overwrite and not resuming)
     return run.read_history() if resuming else []
 
 

@@ -25,7 +25,6 @@ from keras import ops
 
 from keras_vit import run_folder
 from keras_vit.core.layers import Patches, PatchEncoder, TransformerBlock
-from keras_vit.data import scale_pixels
 from keras_vit.data.images import read_images
 
 class AttentionMaps(list):
@@ -147,7 +146,9 @@ def load_images(paths: Sequence[str], model) -> np.ndarray:
 
 
 def check_images(model, images):
-    """(B, H, W, C) float32 inputs for the model; uint8 arrays are scaled to [-1, 1]."""
+    """(B, H, W, C) float32 inputs for the model, held to the model's own pixel rules:
+    integer pixels are refused (with the model's message) unless the model takes 0-255
+    pixels itself (``include_preprocessing``), when they are passed on unscaled."""
     images = np.asarray(images)
     height, width, channels = _input_layout(model)
     if images.ndim == 3 and channels == 1:
@@ -161,8 +162,14 @@ def check_images(model, images):
         )
     if len(images) == 0:
         raise ValueError("Got an empty batch of images; pass at least one image.")
-    if images.dtype == np.uint8:
-        return scale_pixels(images)
+    check_pixels = getattr(model, "_check_images", None)  # the model's call() check: the same rule, the same words
+    if check_pixels is not None:
+        check_pixels(images)
+    elif np.issubdtype(images.dtype, np.integer) or images.dtype == bool:
+        raise ValueError(
+            f"{model.name} takes float images scaled to [-1, 1]; received {images.dtype} pixels. Scale them with "
+            f"keras_vit.preprocess_input(images) (x / 127.5 - 1) first."
+        )
     return images.astype("float32")
 
 
