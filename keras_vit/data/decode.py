@@ -29,12 +29,12 @@ _PAD = 1024  # zero bytes appended so that every read below stays inside the str
 
 
 def format_problem(path, head):
-    """None when ``head`` (the file's first bytes) starts an accepted image, else the reason,
-    naming the file and the accepted formats (the same words in training and predict)."""
+    """None when ``head`` (the file's first bytes) starts an accepted image, else the reason
+    with the accepted formats (the same words in training and predict, each naming the file)."""
     if any(bytes(head).startswith(signature) for signature in _SIGNATURES):
         return None
     extension = os.path.splitext(os.fspath(path))[1].lower() or "no extension"
-    return f"{os.fspath(path)}: not an accepted image format ({extension}); accepted: {ACCEPTED_FORMATS}"
+    return f"not an accepted image format ({extension}); accepted: {ACCEPTED_FORMATS}"
 
 
 def _unsigned(raw, big_endian):

@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from keras_vit.core.config import as_pair
+from keras_vit.core.config import CROP_MODES, INTERPOLATIONS, as_pair
 from keras_vit.core.layers import resample_grid
 from keras_vit.core.models import VisionTransformer
 from keras_vit.weights import npz
@@ -226,6 +226,41 @@ def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dic
 
 
 # --------------------------------------------------------------------------- configurations
+# PIL's resampling codes (Hugging Face's ``resample``) -> tf.image.resize's names; Lanczos
+# and Hamming have no tf.image.resize form in keras_vit's list: bicubic is the nearest kernel.
+_PIL_RESAMPLES = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bicubic"}
+
+
+def _interpolation(name):
+    return name if name in INTERPOLATIONS else "bicubic" if name in ("lanczos", "hamming") else "bilinear"
+
+
+def _timm_image_arguments(pretrained: dict) -> dict:
+    """The evaluation transform of timm's ``pretrained_cfg`` (timm's defaults where absent)."""
+    return dict(
+        interpolation=_interpolation(pretrained.get("interpolation", "bicubic")),
+        crop_fraction=float(pretrained.get("crop_pct") or 0.875),
+        crop_mode=pretrained.get("crop_mode") if pretrained.get("crop_mode") in CROP_MODES else "center",
+    )
+
+
+def _huggingface_image_arguments(preprocessor: dict) -> dict:
+    """The resize and crop of a ``preprocessor_config.json``: both sides resized (squash),
+    then a centre crop of ``crop_size`` when ``do_center_crop``."""
+    crop_fraction = 1.0
+    if preprocessor.get("do_center_crop") and preprocessor.get("crop_size") and preprocessor.get("size"):
+        size, crop = preprocessor["size"], preprocessor["crop_size"]
+        side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+        cropped = crop.get("height") if isinstance(crop, dict) else crop
+        if side and cropped:
+            crop_fraction = min(1.0, float(cropped) / float(side))
+    return dict(
+        interpolation=_PIL_RESAMPLES.get(preprocessor.get("resample", 2), "bilinear"),
+        crop_fraction=crop_fraction,
+        crop_mode="squash",
+    )
+
+
 def _timm_arguments(config: dict, tensors) -> dict:
     """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
     model_args = dict(config.get("model_args") or {})
@@ -283,6 +318,7 @@ def _timm_arguments(config: dict, tensors) -> dict:
         pixel_mean=tuple(pretrained.get("mean", (0.5, 0.5, 0.5))),
         pixel_std=tuple(pretrained.get("std", (0.5, 0.5, 0.5))),
         position_resampling="bicubic",
+        **_timm_image_arguments(pretrained),
     )
     if "head.weight" in tensors:
         arguments["num_classes"] = int(tensors["head.weight"].shape[0])
@@ -326,6 +362,7 @@ def _huggingface_arguments(config: dict, folder, tensors) -> dict:
         pixel_mean=mean,
         pixel_std=std,
         position_resampling="bicubic",
+        **_huggingface_image_arguments(preprocessor),
     )
     if "classifier.weight" in tensors:
         arguments["num_classes"] = int(tensors["classifier.weight"].shape[0])
@@ -363,6 +400,40 @@ def read_repository(source, *, cache_dir=None):
             f"(it holds e.g. {sorted(tensors)[:6]})."
         ) from error
     return kind, arguments, arrays, folder
+
+
+def read_image_spec(source, *, cache_dir=None):
+    """The input spec (:class:`~keras_vit.core.image_spec.ImageSpec`) of a timm or Hugging
+    Face repository from its ``config.json`` (and ``preprocessor_config.json``) alone: what
+    ``from_pretrained(source)`` builds, without reading the weights."""
+    from keras_vit.core.image_spec import ImageSpec
+
+    folder = resolve_source(source, cache_dir=cache_dir)
+    config_path = os.path.join(folder, CONFIG_FILENAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{folder!r} has no {CONFIG_FILENAME}; a timm or Hugging Face repository holds one.")
+    config = _read_json(config_path)
+    if detect_format(config, folder) == "timm":
+        pretrained = config.get("pretrained_cfg") or {}
+        input_size = pretrained.get("input_size") or [3, 224, 224]
+        labels = config.get("label_names") or pretrained.get("label_names")
+        return ImageSpec.from_model_arguments(
+            image_size=(config.get("model_args") or {}).get("img_size") or input_size[1:],
+            channels=int((config.get("model_args") or {}).get("in_chans", input_size[0])),
+            pixel_mean=pretrained.get("mean"), pixel_std=pretrained.get("std"),
+            class_names=labels, **_timm_image_arguments(pretrained),
+        )
+    preprocessor_path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    preprocessor = _read_json(preprocessor_path) if os.path.isfile(preprocessor_path) else {}
+    mean, std = (preprocessor.get("image_mean"), preprocessor.get("image_std")) if preprocessor.get(
+        "do_normalize", True) else ((0.0,) * 3, (1.0,) * 3)
+    id2label = config.get("id2label") or {}
+    return ImageSpec.from_model_arguments(
+        image_size=config.get("image_size", 224), channels=int(config.get("num_channels", 3)),
+        pixel_mean=mean, pixel_std=std,
+        class_names=[id2label[str(i)] for i in range(len(id2label))] if id2label else None,
+        **_huggingface_image_arguments(preprocessor),
+    )
 
 
 # --------------------------------------------------------------------------- loading
