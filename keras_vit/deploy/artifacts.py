@@ -219,7 +219,7 @@ class Artifact:
         """(low, high) of the float input (the spec's)."""
         return self.spec.input_range
 
-    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None, spec=None, metadata=None):
+    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None, image_spec=None, metadata=None):
         spec = self._class_names_spec or class_names
         if spec is None and manifest is not None:
             spec = manifest.get("class_names")
@@ -227,7 +227,7 @@ class Artifact:
             spec = labels
         self.class_names = parse_class_names(spec, self.num_classes)
         self.output_kind = output_kind or (manifest or {}).get("output_kind")
-        self.spec = spec or _spec_from(manifest, metadata, self.image_size, self.channels)
+        self.spec = image_spec or _spec_from(manifest, metadata, self.image_size, self.channels)
 
     def run(self, images):
         """Raw model outputs (B, K) float32 for (B, H, W, C) float32 images prepared as
@@ -276,7 +276,7 @@ class KerasArtifact(Artifact):
             # A run's names; else those the model carries (a checkpoint's id2label).
             class_names=run_folder.of_model(path).class_names() or getattr(self.model, "class_names", None),
             output_kind=model_output_kind(self.model),
-            spec=model_image_spec(self.model),
+            image_spec=model_image_spec(self.model),
         )
 
     def _run_batch(self, images):
