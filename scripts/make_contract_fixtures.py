@@ -1,4 +1,4 @@
-"""Writes tests/data/hub/contract/: small image files and what timm and transformers compute
+"""Writes tests/data/contract/: small image files and what timm and transformers compute
 on them with their own preprocessing, for the input-contract tests (tests/test_contract.py).
 
 Run once in a separate environment with torch, timm, transformers, pillow and safetensors
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 HUB = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "hub")
-OUT = os.path.join(HUB, "contract")
+OUT = os.path.join(HUB, "..", "contract")  # beside hub/, whose folders are all checkpoints
 
 
 def smooth_image(height, width, seed):

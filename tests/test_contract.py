@@ -13,7 +13,7 @@ from keras_vit.cli import main
 from keras_vit.data.images import read_images
 
 HUB = os.path.join(os.path.dirname(__file__), "data", "hub")
-CONTRACT = os.path.join(HUB, "contract")
+CONTRACT = os.path.join(os.path.dirname(__file__), "data", "contract")
 # Files already at the size the checkpoint's own resize gives (DeiT: 32 / 0.9 = 35 on the
 # shorter side, then a centre crop; ViT: 32): no resize kernel runs, so what is compared is
 # the crop and the normalisation alone.
