@@ -131,3 +131,13 @@ def test_data_config_of_a_folder_a_model_and_a_keras_file_is_the_checkpoint_spec
         assert config["input_size"] == (3, 32, 32) and config["pixels_inside"] is False
     assert configs[0]["class_names"] == configs[1]["class_names"] == configs[2]["class_names"]
     assert configs[1] == {**configs[2], "num_classes": configs[1]["num_classes"]}
+
+
+def test_attention_figures_read_files_as_predict_does():
+    from keras_vit.visualize import load_images
+
+    model = keras_vit.from_pretrained(os.path.join(HUB, "timm_deit_distilled"))
+    files, _, _ = _expected("timm_deit_distilled")
+    shown = load_images(files, model)  # [-1, 1] for the figures, resized and cropped per the spec
+    assert shown.min() >= -1.0 and shown.max() <= 1.0
+    np.testing.assert_allclose(model.image_spec.from_unit_range(shown), read_images(files, model.image_spec)[0], atol=1e-5)
