@@ -928,7 +928,7 @@ def export_model(
         "image_size": [height, width],
         "channels": channels,
         "input_range": input_range,
-        "image_spec": spec.to_dict(),
+        "image_spec": {**spec.to_dict(), "description": spec.describe()},
         "preprocessing": "decode upright (EXIF orientation), " + spec.describe(),
         "bytes_signature_max_pixels": int(max_pixels) if "savedmodel" in formats else None,
         "num_classes": num_classes,
