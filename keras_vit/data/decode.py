@@ -34,6 +34,8 @@ def format_problem(path, head):
     if any(bytes(head).startswith(signature) for signature in _SIGNATURES):
         return None
     extension = os.path.splitext(os.fspath(path))[1].lower() or "no extension"
+    if extension in IMAGE_EXTENSIONS:  # a broken or mislabelled file
+        return f"not a readable image (its bytes are not {ACCEPTED_FORMATS})"
     return f"not an accepted image format ({extension}); accepted: {ACCEPTED_FORMATS}"
 
 

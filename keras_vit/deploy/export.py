@@ -29,7 +29,6 @@ import numpy as np
 from keras_vit import run_folder
 from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
-from keras_vit.data.decode import ACCEPTED_FORMATS
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, decode_and_resize, list_image_files, read_images
 from keras_vit.deploy.latency import machine, measure_latency, thread_settings
 from keras_vit.deploy.tflite_forms import symmetric_matmul_operands, tflite_forms
@@ -228,7 +227,7 @@ def _decode_batch(images, spec, max_pixels):
         tf.where(
             size > max_pixels,
             tf.constant(f"more than max_pixels={max_pixels:,} pixels (width x height in the header)"),
-            tf.constant(f"not a readable {ACCEPTED_FORMATS} image"),
+            tf.constant("not a readable JPEG/PNG/BMP/GIF image"),
         ),
     )
     return pixels, ok, error
