@@ -452,8 +452,8 @@ def _run_convert(args):
         f"wrote {args.output}: {model.count_params():,} parameters, images "
         + ("of any size (multiples of the patch size), " if model.dynamic_image_size else
            f"{model.image_size[0]}x{model.image_size[1]}x{model.channels}, ")
-        + ("0-255 pixels, " if model.include_preprocessing else "")
         + (f"{model.num_classes} classes" if model.include_top else "no head")
+        + f"; input: {model.image_spec.describe()}"
     )
 
 
@@ -526,13 +526,14 @@ def _add_predict(subparsers):
         "predict",
         help="top-k classes of image files with a .keras model, SavedModel, .tflite or .onnx",
         description="Runs any model or exported artifact (.keras file, run folder, SavedModel folder, "
-        ".tflite, .onnx) on JPEG/PNG/BMP/GIF files of any size (resized to the model's input) and "
+        ".tflite, .onnx) on JPEG/PNG/BMP/GIF files of any size, or folders of them (recursively), "
+        "prepared as the model's input spec says (resize, crop, mean/std, EXIF orientation), and "
         "prints the top-k labels with probabilities. Unreadable files are reported by name on "
         "stderr, the others still predicted, and the status is then 1. Held-out MNIST digits to "
         "try: `keras-vit export RUN` writes RUN/export/samples/*.png.",
     )
     parser.add_argument("model", help="a .keras file, run folder, SavedModel folder, .tflite or .onnx file")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default 5)")
     parser.add_argument(
         "--max-pixels", type=_positive_int, default=50_000_000,

@@ -169,35 +169,77 @@ _WEIGHTS_DATA = {
 }
 
 
-def data_config(variant: str, weights: Optional[str] = None) -> dict:
-    """The input a variant's checkpoint expects, as timm's ``resolve_model_data_config`` gives it.
+def data_config(source, weights: Optional[str] = None) -> dict:
+    """The input a model expects, as timm's ``resolve_model_data_config`` gives it.
 
-    Every original and AugReg checkpoint takes RGB scaled by ``x / 127.5 - 1`` (mean and
-    std 0.5 of [0, 1] pixels), resized with bilinear interpolation to its training size
-    without a crop, as the original evaluates.
+    Args:
+        source: a variant (``"B/16"``; the original's preprocessing: RGB scaled by
+            ``x / 127.5 - 1``, bilinear, no crop, at the size of ``weights``), a Keras model,
+            a ``.keras`` file or run folder (its saved arguments, no weights loaded), or a
+            timm / Hugging Face checkpoint folder or ``hf://org/name`` (its ``config.json``
+            and ``preprocessor_config.json``, no weights read).
+        weights: with a variant only: one of its published checkpoints.
 
     Returns:
-        ``{"image_size", "channels", "mean", "std", "interpolation", "crop_fraction",
-        "num_classes"}``; without ``weights``, the builders' defaults (224, 1000 classes).
+        The model's :meth:`~keras_vit.core.image_spec.ImageSpec.data_config` (``input_size``,
+        ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``pixels_inside``,
+        ``class_names``) with ``image_size``, ``channels``, ``crop_fraction`` and, where
+        known, ``num_classes``.
 
     Raises:
         ValueError: an unknown variant, or weights the variant was not published with.
     """
-    decode_variant(variant)
-    if weights is not None and weights not in published_weights(variant):
-        raise ValueError(
-            f"No published weights {weights!r} for ViT-{variant}; available: {list_weights(variant) or 'none'}."
-        )
-    image_size, num_classes = _WEIGHTS_DATA.get(weights, (224, 1000))
-    return {
-        "image_size": (image_size, image_size),
-        "channels": 3,
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "interpolation": "bilinear",
-        "crop_fraction": 1.0,
-        "num_classes": num_classes,
-    }
+    from keras_vit.core.image_spec import ImageSpec
+
+    num_classes = None
+    if not isinstance(source, (str, os.PathLike)):
+        spec = getattr(source, "image_spec", None) or ImageSpec.of(source)
+        num_classes = int(source.outputs[0].shape[-1]) if getattr(source, "include_top", True) else None
+    elif _is_keras_file(source):
+        spec, num_classes = _saved_spec(source)
+    elif os.path.isdir(source) or os.fspath(source).startswith("hf://"):
+        from keras_vit.weights.hub import read_image_spec
+
+        spec = read_image_spec(source)
+    else:
+        decode_variant(source)
+        if weights is not None and weights not in published_weights(source):
+            raise ValueError(
+                f"No published weights {weights!r} for ViT-{source}; available: {list_weights(source) or 'none'}."
+            )
+        image_size, num_classes = _WEIGHTS_DATA.get(weights, (224, 1000))
+        spec = ImageSpec(image_size=(image_size, image_size))
+    legacy = {"image_size": tuple(spec.image_size), "channels": spec.channels, "crop_fraction": spec.crop_fraction}
+    return {**spec.data_config(), **legacy, **({"num_classes": num_classes} if num_classes else {})}
+
+
+def _is_keras_file(path) -> bool:
+    path = os.fspath(path)
+    return path.endswith(".keras") or os.path.isfile(os.path.join(path, "model.keras"))
+
+
+def _saved_spec(path):
+    """``(ImageSpec, num_classes)`` of a ``.keras`` file, from the VisionTransformer arguments
+    in its config.json (no weights loaded)."""
+    import json
+    import zipfile
+
+    from keras_vit.core.image_spec import ImageSpec
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such .keras file: {path!r}.")
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    if saved.get("class_name") != "VisionTransformer":  # another Keras model: load it to read its input
+        from keras_vit import run_folder
+
+        model = run_folder.load_model(path)
+        return ImageSpec.of(model), int(model.outputs[0].shape[-1])
+    arguments = saved["config"]
+    return ImageSpec.from_model_arguments(**arguments), arguments.get("num_classes")
 
 
 def published_weights(variant: str) -> Dict[str, str]:

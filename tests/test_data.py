@@ -83,9 +83,10 @@ def test_inception_crop_and_centre_crop_give_the_requested_size():
     image = tf.cast(tf.random.uniform((60, 80, 3), 0, 256, dtype=tf.int32), tf.uint8)
     crop = data.preprocess_for_train(image, image_size=32, crop="inception", flip=True)
     assert crop.shape == (32, 32, 3) and -1.0 <= float(tf.reduce_min(crop)) and float(tf.reduce_max(crop)) <= 1.0
-    # A centre crop of 0.5 of a frame (white border, black centre) sees only the centre.
+    # A centre crop of 0.5 of a frame (white border, black centre) sees only the centre
+    # (a centre 2 pixels wider than the crop: the resize antialiases as PIL's does).
     frame = np.full((64, 64, 3), 255, np.uint8)
-    frame[16:48, 16:48] = 0
+    frame[14:50, 14:50] = 0
     centre = data.preprocess_for_eval(tf.constant(frame), image_size=16, crop_fraction=0.5)
     np.testing.assert_allclose(centre.numpy(), -1.0, atol=1e-6)
     whole = data.preprocess_for_eval(tf.constant(frame), image_size=16)
@@ -173,7 +174,7 @@ def test_image_folder_errors_name_the_folder(tmp_path):
         data.image_folder(str(tmp_path / "flat"))
     (tmp_path / "junk" / "cat").mkdir(parents=True)
     (tmp_path / "junk" / "cat" / "a.jpg").write_bytes(b"nope")
-    with pytest.raises(ValueError, match="holds no readable JPEG or PNG image"):
+    with pytest.raises(ValueError, match="holds no readable JPEG, PNG, BMP or GIF image"):
         data.image_folder(str(tmp_path / "junk"))
     _make_folder(tmp_path / "small", per_class=2)
     with pytest.raises(ValueError, match="fewer than one batch of 64"):

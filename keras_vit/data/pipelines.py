@@ -10,6 +10,7 @@ import numpy as np
 
 from keras_vit.core.config import is_number, refuse
 from keras_vit.core.image_spec import ImageSpec
+from keras_vit.data.decode import IMAGE_EXTENSIONS, decode_upright, format_problem  # noqa: F401 (re-exported)
 
 EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "mnist5k.npz")
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -39,7 +40,6 @@ def load_embedded_mnist():
 # Everything below builds tf.data pipelines; TensorFlow is imported lazily so that
 # ``load_embedded_mnist`` stays a NumPy-only function.
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CROPS = ("inception", "translate", "none")
 INCEPTION_CROP_AREA = (0.08, 1.0)  # The original's random-resized-crop area range.
 TRANSLATE_PAD_FRACTION = 0.1  # "translate" crop: shift by up to 10% of the side.
@@ -240,18 +240,21 @@ def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0, int
     image = _match_channels(image, channels)
     outer = (math.floor(height / crop_fraction), math.floor(width / crop_fraction))
     if crop_mode == "center" and height == width:
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        resized = tf.cast(tf.round(shape * (outer[0] / tf.reduce_min(shape))), tf.int32)
-        resized = tf.maximum(resized, [height, width])
-        image = tf.image.resize(image, resized, method=interpolation)
-        top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
-        image = tf.ensure_shape(image[top : top + height, left : left + width], (height, width, channels))
-    elif outer != (height, width):
-        image = tf.image.resize(image, outer, method=interpolation)
-        top, left = (outer[0] - height) // 2, (outer[1] - width) // 2
-        image = image[top : top + height, left : left + width]
+        # torchvision's Resize(int): the shorter side to `outer`, the longer truncated.
+        shape = tf.shape(image)[:2]
+        resized = tf.maximum(shape * outer[0] // tf.reduce_min(shape), [height, width])
     else:
-        image = tf.image.resize(image, (height, width), method=interpolation)
+        resized = tf.constant(outer)
+    # Antialiased as PIL (timm's, Hugging Face's resize) when shrinking; an image already of
+    # the size is kept as it is.
+    image = tf.cond(
+        tf.reduce_all(tf.equal(tf.shape(image)[:2], resized)),
+        lambda: tf.cast(image, tf.float32),
+        lambda: tf.image.resize(image, resized, method=interpolation, antialias=True),
+    )
+    # torchvision's CenterCrop offsets: round((resized - size) / 2), half to even.
+    top, left = tf.unstack(tf.cast(tf.round(tf.cast(resized - [height, width], tf.float32) / 2), tf.int32))
+    image = tf.ensure_shape(image[top : top + height, left : left + width], (height, width, channels))
     image = tf.clip_by_value(image, 0.0, 255.0)
     return scale_pixels(image)
 
@@ -488,7 +491,7 @@ def embedded_mnist(
 
 # --------------------------------------------------------------------------- image folders
 def _readable_image(path, max_pixels):
-    """None when ``path`` decodes as a JPEG or PNG image, else why it does not.
+    """None when ``path`` decodes as an accepted image (:mod:`keras_vit.data.decode`), else why not.
 
     Checked before any byte is decoded: a regular file (a FIFO or socket would hang the
     read), reachable (not a symlink loop), and at most ``max_pixels`` by its header."""
@@ -510,8 +513,9 @@ def _readable_image(path, max_pixels):
                 f"decoded); downscale it or raise max_pixels")
     try:
         contents = tf.io.read_file(path)
-        if not (tf.io.is_jpeg(contents) or _is_png(contents.numpy())):
-            return "not a JPEG or PNG image"
+        problem = format_problem(path, contents.numpy()[:8])
+        if problem is not None:
+            return problem
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return "empty image"
@@ -520,18 +524,14 @@ def _readable_image(path, max_pixels):
     return None
 
 
-def _is_png(contents):
-    return contents[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def scan_image_folder(directory, class_names=None, *, verbose=True, max_pixels=None):
     """Lists the images of a folder with one sub-folder per class, checking each one.
 
     Every file is decoded once; a corrupt or non-image file (anything but a decodable
-    JPEG or PNG), one that is not a regular file (a FIFO, a socket) or a symlink loop, and
-    one larger than ``max_pixels`` by its header is left out and reported by name, so that
-    training never fails, hangs or runs out of memory on it mid-epoch. Hidden folders and
-    files (``.*``, such as ``.ipynb_checkpoints``) are neither classes nor images.
+    JPEG, PNG, BMP or GIF), one that is not a regular file (a FIFO, a socket) or a symlink
+    loop, and one larger than ``max_pixels`` by its header is left out and reported by
+    name, so that training never fails, hangs or runs out of memory on it mid-epoch. Hidden
+    folders and files (``.*``, such as ``.ipynb_checkpoints``) are neither classes nor images.
 
     Args:
         directory: folder holding one sub-folder per class (``cat/``, ``dog/``, ...).
@@ -600,16 +600,14 @@ def scan_image_folder(directory, class_names=None, *, verbose=True, max_pixels=N
         for path, problem in skipped:
             print(f"  {path}: {problem}", file=sys.stderr)
     if not paths:
-        raise ValueError(f"Image folder {directory!r} holds no readable JPEG or PNG image ({len(skipped)} skipped).")
+        raise ValueError(f"Image folder {directory!r} holds no readable JPEG, PNG, BMP or GIF image ({len(skipped)} skipped).")
     return paths, labels, list(class_names), skipped
 
 
 def _load_file(path, label):
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image, label
+    return decode_upright(tf.io.read_file(path), 3), label
 
 
 def _file_list(paths, labels):

@@ -3,11 +3,11 @@
 The names of the files ``keras-vit export`` writes (and the manifest's tolerances), the
 model facts every exporter needs (input size, output kind, class names), and
 ``load_artifact(path)``: a ``.keras`` file, SavedModel folder, ``.tflite`` or ``.onnx``
-file behind one interface: ``run(images)`` takes (B, H, W, C) float32 images in the
-model's ``input_range`` ([-1, 1], or [0, 255] for a model built with
-``include_preprocessing=True``) and returns the raw outputs, ``probabilities`` the class
-probabilities. Export verifies
-its files through it; ``keras-vit predict`` predicts with it.
+file behind one interface: ``spec`` is the model's input contract
+(:class:`~keras_vit.core.image_spec.ImageSpec`: the model's own, or read back from the
+manifest / ONNX metadata written at export), ``run(images)`` takes (B, H, W, C) float32
+images as that spec prepares them and returns the raw outputs, ``probabilities`` the class
+probabilities. Export verifies its files through it; ``keras-vit predict`` predicts with it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from keras_vit import run_folder
+from keras_vit.core.image_spec import ImageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -127,32 +128,28 @@ def model_input_spec(model):
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-UNIT_RANGE = (-1.0, 1.0)  # x / 127.5 - 1, what the models take by default
-PIXEL_RANGE = (0.0, 255.0)  # models built with include_preprocessing=True
+def model_image_spec(model):
+    """The model's input contract (:class:`ImageSpec`), for keras_vit models and any Keras
+    image classifier (the original's preprocessing)."""
+    return getattr(model, "image_spec", None) or ImageSpec.of(model)
 
 
 def takes_pixels(model):
     """Whether a model normalises inside (``include_preprocessing=True``) and so takes
-    [0, 255] pixels instead of [-1, 1]."""
-    if getattr(model, "include_preprocessing", False):
-        return True
-    try:
-        return bool(model.get_config().get("include_preprocessing", False))
-    except (NotImplementedError, TypeError, AttributeError):
-        return False
+    [0, 255] pixels."""
+    return model_image_spec(model).pixels_inside
 
 
-def model_input_range(model):
-    """``(low, high)`` of a model's float input: :data:`PIXEL_RANGE` or :data:`UNIT_RANGE`."""
-    return PIXEL_RANGE if takes_pixels(model) else UNIT_RANGE
-
-
-def from_unit_range(images, input_range):
-    """Images in [-1, 1] (as keras_vit.data reads them) -> the same images in ``input_range``."""
-    images = np.asarray(images, dtype="float32")
-    if tuple(input_range) == PIXEL_RANGE:
-        return (images + 1.0) * 127.5
-    return images
+def _spec_from(manifest, metadata, image_size, channels):
+    """The spec written at export (ONNX metadata, else the manifest beside the file); for
+    files written before specs were, the manifest's ``input_range`` ([0, 255]: pixels)."""
+    for source in (metadata or {}, manifest or {}):
+        if source.get("image_spec"):
+            values = source["image_spec"]
+            return ImageSpec.from_dict(json.loads(values) if isinstance(values, str) else values)
+    legacy = (manifest or {}).get("input_range") or (metadata or {}).get("input_range")
+    pixels = legacy is not None and float((json.loads(legacy) if isinstance(legacy, str) else legacy)[1]) > 1
+    return ImageSpec(image_size=tuple(image_size), channels=channels, pixels_inside=pixels)
 
 
 def model_output_kind(model):
@@ -223,9 +220,14 @@ class Artifact:
         self._class_names_spec = class_names
         self.class_names = None
         self.output_kind = None
-        self.input_range = UNIT_RANGE
+        self.spec = None
 
-    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None, input_range=None):
+    @property
+    def input_range(self):
+        """(low, high) of the float input (the spec's)."""
+        return self.spec.input_range
+
+    def _finish(self, manifest=None, labels=None, class_names=None, output_kind=None, image_spec=None, metadata=None):
         spec = self._class_names_spec or class_names
         if spec is None and manifest is not None:
             spec = manifest.get("class_names")
@@ -233,13 +235,11 @@ class Artifact:
             spec = labels
         self.class_names = parse_class_names(spec, self.num_classes)
         self.output_kind = output_kind or (manifest or {}).get("output_kind")
-        if input_range is None and manifest is not None:
-            input_range = manifest.get("input_range")
-        self.input_range = tuple(float(v) for v in input_range) if input_range is not None else UNIT_RANGE
+        self.spec = image_spec or _spec_from(manifest, metadata, self.image_size, self.channels)
 
     def run(self, images):
-        """Raw model outputs (B, K) float32 for (B, H, W, C) float32 images in the model's
-        input range (``input_range``: [-1, 1], or [0, 255] for a model that normalises inside)."""
+        """Raw model outputs (B, K) float32 for (B, H, W, C) float32 images prepared as
+        ``spec`` says (``spec.from_unit_range``, or ``keras_vit.data.images.read_images``)."""
         images = np.asarray(images, dtype="float32")
         expected = (self.image_size[0], self.image_size[1], self.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
@@ -251,7 +251,7 @@ class Artifact:
         return np.concatenate(outputs).astype("float32")
 
     def probabilities(self, images):
-        """Class probabilities (B, K) for (B, H, W, C) float32 images in ``input_range``."""
+        """Class probabilities (B, K) for (B, H, W, C) float32 images prepared as ``spec`` says."""
         outputs = self.run(images)
         kind = self.output_kind
         if kind is None:  # a file without a manifest beside it
@@ -330,7 +330,7 @@ class KerasArtifact(Artifact):
             # A run's names; else those the model carries (a checkpoint's id2label).
             class_names=run_folder.of_model(path).class_names() or getattr(self.model, "class_names", None),
             output_kind=model_output_kind(self.model),
-            input_range=model_input_range(self.model),
+            image_spec=model_image_spec(self.model),
         )
 
     def _run_batch(self, images):
@@ -426,10 +426,9 @@ class OnnxArtifact(Artifact):
         metadata = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
         manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
-        input_range = json.loads(metadata["input_range"]) if "input_range" in metadata else None
         self._finish(
             manifest, labels if names is None else None, class_names=names,
-            output_kind=metadata.get("output_kind"), input_range=input_range,
+            output_kind=metadata.get("output_kind"), metadata=metadata,
         )
 
     def _run_batch(self, images):

@@ -7,10 +7,13 @@ ai-edge-litert ``Interpreter``, onnxruntime), run on held-out images next to the
 model, and the figures measured go into the manifest; an artifact outside its tolerance
 makes ``export_model`` raise ``RuntimeError`` naming it.
 
-The float entry points of every artifact take ``(B, H, W, C)`` float32 images already scaled
-to [-1, 1], exactly like the Keras model, and return its raw output (logits unless the model
-was built with a ``classifier_activation``). The SavedModel's ``serving_default`` signature
-takes encoded JPEG/PNG/BMP/GIF bytes of any size and does the preprocessing itself.
+The float entry points of every artifact take ``(B, H, W, C)`` float32 images prepared as
+the model's :class:`~keras_vit.core.image_spec.ImageSpec` says, exactly like the Keras model,
+and return its raw output (logits unless the model was built with a
+``classifier_activation``). The SavedModel's ``serving_default`` signature takes encoded
+JPEG/PNG/BMP/GIF bytes of any size and does the spec's preprocessing itself (EXIF
+orientation, resize, crop, normalisation). The spec is written to the manifest
+(``image_spec``) and the ONNX metadata, so ``load_artifact`` reads it back.
 """
 
 from __future__ import annotations
@@ -50,12 +53,10 @@ from keras_vit.deploy.artifacts import (
     artifact_checksum,
     load_artifact,
     load_keras_model,
-    from_unit_range,
-    model_input_range,
+    model_image_spec,
     model_input_spec,
     model_output_kind,
     parse_class_names,
-    takes_pixels,
     tflite_filename,
 )
 
@@ -63,17 +64,6 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- inputs
 def export_data(model, images_dir=None, seed=0):
-    """Calibration and verification images for a model, from the best source available
-    (see :func:`_export_data_unit_range`), in the model's input range."""
-    data = _export_data_unit_range(model, images_dir, seed)
-    # A model that normalises inside takes [0, 255] pixels: calibrate and verify on those.
-    for key in ("calibration", "verification"):
-        if data[key] is not None:
-            data[key] = from_unit_range(data[key], model_input_range(model))
-    return data
-
-
-def _export_data_unit_range(model, images_dir=None, seed=0):
     """Calibration and verification images for a model, from the best source available.
 
     28x28x1 models get the embedded MNIST digits (training images for calibration, the
@@ -81,8 +71,8 @@ def _export_data_unit_range(model, images_dir=None, seed=0):
     ``images_dir`` (resized to the model's size, every file for calibration, the first
     ``VERIFICATION_SAMPLES`` for verification). Without either, verification uses seeded
     uniform noise in [-1, 1] and there is no calibration data (full-integer int8 needs it).
-    Images are in the model's input range: [-1, 1], or [0, 255] for a model built with
-    ``include_preprocessing=True``.
+    Images are prepared as the model's spec says (files: upright, resized and cropped as
+    ``predict`` does; every source: :meth:`ImageSpec.from_unit_range`).
 
     Args:
         model: the Keras model.
@@ -95,11 +85,12 @@ def _export_data_unit_range(model, images_dir=None, seed=0):
         for sample PNGs or None), ``sample_labels`` and ``source`` (a description).
     """
     height, width, channels = model_input_spec(model)
+    spec = model_image_spec(model)
     if images_dir is not None:
         paths = list_image_files(images_dir)
         if not paths:
             raise ValueError(f"Found no image files in {images_dir!r} to calibrate and verify with.")
-        images, read, errors = read_images(paths, (height, width), channels)
+        images, read, errors = read_images(paths, spec)
         if errors:
             raise ValueError(f"Cannot read {len(errors)} file(s) in {images_dir!r}: {_describe_errors(errors)}")
         return dict(
@@ -115,8 +106,8 @@ def _export_data_unit_range(model, images_dir=None, seed=0):
         # One validation digit of each class for the sample PNGs.
         sample_index = [int(np.flatnonzero(y_val == digit)[0]) for digit in range(10)]
         return dict(
-            calibration=scale_pixels(x_train[:CALIBRATION_SAMPLES, :, :, None]),
-            verification=scale_pixels(x_val[:VERIFICATION_SAMPLES, :, :, None]),
+            calibration=spec.from_unit_range(scale_pixels(x_train[:CALIBRATION_SAMPLES, :, :, None])),
+            verification=spec.from_unit_range(scale_pixels(x_val[:VERIFICATION_SAMPLES, :, :, None])),
             verification_labels=y_val[:VERIFICATION_SAMPLES].astype("int64"),
             samples=x_val[sample_index, :, :, None],
             sample_labels=y_val[sample_index].astype("int64"),
@@ -125,7 +116,7 @@ def _export_data_unit_range(model, images_dir=None, seed=0):
     noise = np.random.default_rng(seed).uniform(-1.0, 1.0, (RANDOM_VERIFICATION_SAMPLES, height, width, channels))
     return dict(
         calibration=None,
-        verification=noise.astype("float32"),
+        verification=spec.from_unit_range(noise.astype("float32")),
         verification_labels=None,
         samples=None,
         sample_labels=None,
@@ -197,7 +188,7 @@ def _header_pixels(encoded):
     )
 
 
-def _decode_batch(images, image_size, channels, max_pixels, pixels_input):
+def _decode_batch(images, spec, max_pixels):
     """Decodes a (B,) batch of encoded images without letting one bad image fail the batch.
 
     Returns:
@@ -209,7 +200,7 @@ def _decode_batch(images, image_size, channels, max_pixels, pixels_input):
     """
     import tensorflow as tf
 
-    height, width = image_size
+    (height, width), channels = spec.image_size, spec.channels
     count = tf.shape(images)[0]
     indexed = tf.data.Dataset.from_tensor_slices((tf.range(count), images))
 
@@ -219,9 +210,7 @@ def _decode_batch(images, image_size, channels, max_pixels, pixels_input):
     def decode(index, encoded):
         too_many = tf.debugging.assert_less_equal(_header_pixels(encoded), tf.constant(max_pixels, tf.int64))
         with tf.control_dependencies([too_many]):
-            image = decode_and_resize(encoded, (height, width), channels)
-        if pixels_input:  # the model normalises inside: back to the [0, 255] pixels
-            image = (image + 1.0) * 127.5
+            image = decode_and_resize(encoded, spec)
         return index, image
 
     def gather(dataset, empty):
@@ -252,13 +241,13 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K, max_pi
 
     ``serving_default`` takes ``images``: (B,) encoded JPEG/PNG/BMP/GIF strings of any
     size up to ``max_pixels`` (width x height, read from the header before decoding),
-    decodes, resizes (bilinear) and scales them as the model expects, and returns per
+    decodes them upright (EXIF orientation), resizes, crops and normalises them as the
+    model's :class:`ImageSpec` says, and returns per
     image ``ok`` (B,) bool and ``error`` (B,) string (empty when ok), ``probabilities``
     (B, K), ``top_k_ids`` (B, k) int32, ``top_k_probabilities`` (B, k) and ``top_k_names``
     (B, k) strings. An image that cannot be read fails only its own row: ``ok`` false,
     probabilities 0, ids -1, names empty. ``serving_images`` takes ``images``: (B, H, W, C)
-    float32 in the model's input range ([-1, 1], or [0, 255] for a model built with
-    ``include_preprocessing=True``) and returns ``outputs`` (the model's raw output) and
+    float32 prepared as the spec says (``spec.from_unit_range``) and returns ``outputs`` (the model's raw output) and
     ``probabilities``. Both signatures share one copy of the weights.
 
     Args:
@@ -279,8 +268,8 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K, max_pi
     num_classes = int(model.outputs[0].shape[-1])
     top_k = min(int(top_k), num_classes)
     names = tf.constant(list(class_names), dtype=tf.string)
-    pixels_input = takes_pixels(model)
-    low, high = model_input_range(model)
+    spec = model_image_spec(model)
+    low, high = spec.input_range
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
     def serve_images(images):
@@ -294,7 +283,7 @@ def export_savedmodel(model, directory, class_names, top_k=DEFAULT_TOP_K, max_pi
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_bytes(images):
-        pixels, ok, error = _decode_batch(images, (height, width), channels, int(max_pixels), pixels_input)
+        pixels, ok, error = _decode_batch(images, spec, int(max_pixels))
         probabilities = _probabilities(_exported_call(model, pixels), output_kind)
         probabilities = tf.where(ok[:, None], probabilities, tf.zeros_like(probabilities))
         top = tf.math.top_k(probabilities, k=top_k)
@@ -453,10 +442,10 @@ def _is_builtin_op(name):
 def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
     """Converts the model to ONNX with tf2onnx, with a dynamic batch dimension.
 
-    The graph takes ``images`` (B, H, W, C) float32 in the model's input range ([-1, 1],
-    or [0, 255] for a model that normalises inside) and returns ``outputs``. The class
-    names, output kind and input range are stored in the model's metadata (``class_names``
-    and ``input_range`` as JSON, ``output_kind``), so the file is self-describing.
+    The graph takes ``images`` (B, H, W, C) float32 prepared as the model's spec says and
+    returns ``outputs``. The class names, output kind and input spec are stored in the
+    model's metadata (``class_names``, ``image_spec`` and ``input_range`` as JSON,
+    ``output_kind``), so the file is self-describing.
 
     Args:
         model: the Keras model.
@@ -489,7 +478,8 @@ def export_onnx(model, path, class_names, opset=DEFAULT_OPSET):
         {
             "class_names": json.dumps(list(class_names)),
             "output_kind": model_output_kind(model),
-            "input_range": json.dumps([float(v) for v in model_input_range(model)]),
+            "input_range": json.dumps(list(model_image_spec(model).input_range)),
+            "image_spec": json.dumps(model_image_spec(model).to_dict()),
         },
     )
     with replaced_atomically(path) as temporary:
@@ -588,14 +578,15 @@ def check_parity(figures, precision, reference_scale, tolerances=None):
 
 
 def _bytes_signature_parity(directory, model, images, output_kind):
-    """Top-1 agreement of the bytes signature with Keras on the same decoded images."""
+    """Top-1 agreement of the bytes signature with Keras on the same images as PNG files,
+    prepared for Keras by the reader ``predict`` uses."""
     import tensorflow as tf
 
-    takes = takes_pixels(model)
-    pixels = np.asarray(images) if takes else (np.asarray(images) + 1.0) * 127.5
+    spec = model_image_spec(model)
+    pixels = (np.asarray(spec.to_unit_range(np.asarray(images, "float32"))) + 1.0) * 127.5
     pixels = np.round(pixels).clip(0, 255).astype("uint8")
     encoded = tf.constant([tf.io.encode_png(image).numpy() for image in pixels])
-    decoded = pixels.astype("float32") if takes else scale_pixels(pixels)
+    decoded = np.stack([decode_and_resize(data, spec).numpy() for data in encoded])
     keras_top1 = np.asarray(model(decoded, training=False)).argmax(-1)
     result = tf.saved_model.load(directory).signatures[BYTES_SIGNATURE](images=encoded)
     top1 = result["top_k_ids"].numpy()[:, 0]
@@ -946,7 +937,8 @@ def _write_export(model, output_dir, export_dir, *, planned, formats, class_name
     labels = data.get("verification_labels")
     reference = np.asarray(model.predict(verification, batch_size=64, verbose=0), dtype="float32")
     reference_scale = float(np.max(np.abs(reference)))
-    input_range = [float(v) for v in model_input_range(model)]
+    spec = model_image_spec(model)
+    input_range = [float(v) for v in spec.input_range]
     input_spec = {"name": "images", "shape": [None, height, width, channels], "dtype": "float32", "range": input_range}
 
     artifacts, failures = [], []
@@ -1049,8 +1041,8 @@ def _write_export(model, output_dir, export_dir, *, planned, formats, class_name
         "image_size": [height, width],
         "channels": channels,
         "input_range": input_range,
-        "preprocessing": "decode, resize (bilinear) to image_size, "
-        + ("keep [0, 255] pixels (the model normalises inside)" if input_range[1] > 1 else "scale x / 127.5 - 1 to [-1, 1]"),
+        "image_spec": {**spec.to_dict(), "description": spec.describe()},
+        "preprocessing": "decode upright (EXIF orientation), " + spec.describe(),
         "bytes_signature_max_pixels": int(max_pixels) if "savedmodel" in formats else None,
         "num_classes": num_classes,
         "class_names": class_names,

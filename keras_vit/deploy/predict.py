@@ -1,15 +1,16 @@
 """Predictions for image files from any keras_vit model or artifact.
 
-``predict_files`` reads image files (any size, resized to the model's), reports the
-unreadable ones by name and predicts the rest with :func:`keras_vit.deploy.artifacts.load_artifact`.
+``predict_files`` reads image files and folders of them (any size, prepared as the
+artifact's :class:`~keras_vit.core.image_spec.ImageSpec` says), reports the unreadable ones
+by name and predicts the rest with :func:`keras_vit.deploy.artifacts.load_artifact`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from keras_vit.data.images import DEFAULT_MAX_PIXELS, read_images
-from keras_vit.deploy.artifacts import Artifact, from_unit_range, load_artifact
+from keras_vit.data.images import DEFAULT_MAX_PIXELS, expand_image_paths, read_images
+from keras_vit.deploy.artifacts import Artifact, load_artifact
 
 
 def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=DEFAULT_MAX_PIXELS):
@@ -17,7 +18,8 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=D
 
     Args:
         artifact: a path (see :func:`load_artifact`) or an :class:`Artifact`.
-        image_paths: image files; unreadable ones are reported, the others predicted.
+        image_paths: image files or folders (their JPEG/PNG/BMP/GIF files, recursively);
+            unreadable files are reported, the others predicted.
         top_k: how many classes to return per image.
         class_names: overrides the artifact's class names.
         max_pixels: larger images (decoded width x height) are reported, not decoded
@@ -31,10 +33,12 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=D
         artifact = load_artifact(artifact, class_names=class_names)
     if int(top_k) < 1:
         raise ValueError(f"top_k must be at least 1; got {top_k}.")
-    images, read, errors = read_images(image_paths, artifact.image_size, artifact.channels, max_pixels=max_pixels)
+    files, folder_errors = expand_image_paths(image_paths)
+    images, read, errors = read_images(files, artifact.spec, max_pixels=max_pixels)
+    errors = {**folder_errors, **errors}
     predictions = []
     if len(read):
-        probabilities = artifact.probabilities(from_unit_range(images, artifact.input_range))
+        probabilities = artifact.probabilities(images)
         k = min(int(top_k), probabilities.shape[-1])
         for path, row in zip(read, probabilities):
             order = np.argsort(-row, kind="stable")[:k]

@@ -16,6 +16,7 @@ The figures are drawn by :mod:`keras_vit.visualize.figures`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -25,6 +26,8 @@ from keras import ops
 
 from keras_vit import run_folder
 from keras_vit.core.layers import Patches, PatchEncoder, TransformerBlock
+from keras_vit.core.image_spec import ImageSpec
+from keras_vit.data import scale_pixels
 from keras_vit.data.images import read_images
 
 class AttentionMaps(list):
@@ -137,7 +140,9 @@ def load_images(paths: Sequence[str], model) -> np.ndarray:
     height, width, channels = _input_layout(model)
     if channels not in (1, 3):
         raise ValueError(f"Image files give 1 or 3 channels; the model takes {channels}.")
-    images, _, errors = read_images(paths, (height, width), channels)
+    # Resized and cropped as the model's spec says, kept in [-1, 1] for the figures.
+    spec = dataclasses.replace(ImageSpec.of(model), mean=(0.5,) * channels, std=(0.5,) * channels, pixels_inside=False)
+    images, _, errors = read_images(paths, spec)
     for path, reason in errors.items():
         if not os.path.exists(path):
             raise FileNotFoundError(f"Image file {path!r} does not exist.")
@@ -176,7 +181,8 @@ def check_images(model, images):
 def _attention_batches(model, images, batch_size, progress):
     """Yields, per batch of images, the list of per-layer (b, heads, T, T) NumPy arrays."""
     _, blocks = vit_layers(model)
-    images = check_images(model, images)
+    # Figures show [-1, 1] images; the model takes what its input spec says.
+    images = ImageSpec.of(model).from_unit_range(check_images(model, images))
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     # The model's own graph up to the first block (stem, patches, embedding), then its
@@ -202,8 +208,9 @@ def attention_maps(model, images, *, batch_size: int = 32, progress: bool = Fals
 
     Args:
         model: a keras_vit model (token or gap pooling, any grid, hybrids included).
-        images: (B, H, W, C) model inputs in [-1, 1]; uint8 arrays are scaled with
-            ``x / 127.5 - 1`` first; grey images may be (B, H, W).
+        images: (B, H, W, C) images in [-1, 1] (turned into what the model takes by its
+            ``image_spec``); uint8 arrays are scaled with ``x / 127.5 - 1`` first; grey
+            images may be (B, H, W).
         batch_size: images per forward pass.
         progress: show a progress bar over the batches.
 

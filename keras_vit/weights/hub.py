@@ -224,6 +224,9 @@ def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dic
 # --------------------------------------------------------------------------- configurations
 # PIL's resampling numbers (Hugging Face's processors) <-> interpolation names (timm's, the model's).
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}
+# Read: Lanczos (1) and Hamming (5) have no tf.image.resize form in keras_vit's list; bicubic
+# is the nearest kernel.
+_PIL_RESAMPLE_READ = {**{code: name for name, code in _PIL_RESAMPLE.items()}, 1: "bicubic", 5: "bicubic"}
 
 
 def _input_settings(kind, document) -> dict:
@@ -232,16 +235,29 @@ def _input_settings(kind, document) -> dict:
     leaves the library's default (the source itself is kept in ``source_metadata``)."""
     if kind == "timm":  # timm's defaults: bicubic, crop_pct 0.875, "center"
         interpolation, crop, mode = document.get("interpolation"), document.get("crop_pct"), document.get("crop_mode")
+        interpolation = "bicubic" if interpolation in ("lanczos", "hamming") else interpolation
         defaults = ("bicubic", 0.875, "center")
-    else:  # ViTImageProcessor resizes the whole image to its size (bilinear by default), no crop
-        interpolation = {v: k for k, v in _PIL_RESAMPLE.items()}.get(document.get("resample"))
-        crop, mode, defaults = None, None, ("bilinear", 1.0, "squash")
+    else:  # ViTImageProcessor resizes both sides (bilinear by default), then crops only with do_center_crop
+        resample = document.get("resample")
+        interpolation = _PIL_RESAMPLE_READ.get(resample) if isinstance(resample, int) else None
+        crop, mode, defaults = _huggingface_crop_fraction(document), None, ("bilinear", 1.0, "squash")
     crop_ok = isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1
     return dict(
         interpolation=interpolation if interpolation in INTERPOLATIONS else defaults[0],
         crop_fraction=float(crop) if crop_ok else defaults[1],
-        crop_mode=mode if mode in CROP_MODES else defaults[2],
+        crop_mode=mode if isinstance(mode, str) and mode in CROP_MODES else defaults[2],
     )
+
+
+def _huggingface_crop_fraction(preprocessor):
+    """``crop_size / size`` of a processor that centre-crops (``do_center_crop``), else None."""
+    size, crop = preprocessor.get("size"), preprocessor.get("crop_size")
+    if preprocessor.get("do_center_crop") is not True or not size or not crop:
+        return None
+    side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+    cropped = crop.get("height") if isinstance(crop, dict) else crop
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (side, cropped))
+    return min(1.0, float(cropped) / float(side)) if numbers else None
 
 
 def _timm_gelu(model_args, path):
@@ -428,6 +444,40 @@ def read_repository(source, *, cache_dir=None):
             f"(it holds e.g. {sorted(tensors)[:6]})."
         ) from error
     return kind, arguments, arrays, folder
+
+
+def read_image_spec(source, *, cache_dir=None):
+    """The input spec (:class:`~keras_vit.core.image_spec.ImageSpec`) of a timm or Hugging
+    Face repository from its ``config.json`` (and ``preprocessor_config.json``) alone: what
+    ``from_pretrained(source)`` builds, without reading the weights."""
+    from keras_vit.core.image_spec import ImageSpec
+
+    folder = resolve_source(source, cache_dir=cache_dir)
+    config_path = os.path.join(folder, CONFIG_FILENAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{folder!r} has no {CONFIG_FILENAME}; a timm or Hugging Face repository holds one.")
+    config = _read_json(config_path)
+    if detect_format(config, folder) == "timm":
+        pretrained = config.get("pretrained_cfg") or {}
+        input_size = pretrained.get("input_size") or [3, 224, 224]
+        labels = config.get("label_names") or pretrained.get("label_names")
+        return ImageSpec.from_model_arguments(
+            image_size=(config.get("model_args") or {}).get("img_size") or input_size[1:],
+            channels=int((config.get("model_args") or {}).get("in_chans", input_size[0])),
+            pixel_mean=pretrained.get("mean"), pixel_std=pretrained.get("std"),
+            class_names=labels, **_input_settings("timm", pretrained),
+        )
+    preprocessor_path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    preprocessor = _read_json(preprocessor_path) if os.path.isfile(preprocessor_path) else {}
+    mean, std = (preprocessor.get("image_mean"), preprocessor.get("image_std")) if preprocessor.get(
+        "do_normalize", True) else ((0.0,) * 3, (1.0,) * 3)
+    id2label = config.get("id2label") or {}
+    return ImageSpec.from_model_arguments(
+        image_size=config.get("image_size", 224), channels=int(config.get("num_channels", 3)),
+        pixel_mean=mean, pixel_std=std,
+        class_names=[id2label[str(i)] for i in range(len(id2label))] if id2label else None,
+        **_input_settings("huggingface", preprocessor),
+    )
 
 
 # --------------------------------------------------------------------------- loading
