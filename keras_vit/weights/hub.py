@@ -365,6 +365,59 @@ def read_repository(source, *, cache_dir=None):
     return kind, arguments, arrays, folder
 
 
+def _shapes_only(shapes) -> Dict[str, np.ndarray]:
+    # Arrays of the right shapes that hold no memory: enough for the readers of configurations.
+    return {key: np.broadcast_to(np.zeros((), "float32"), tuple(shape)) for key, shape in shapes.items()}
+
+
+def _npz_shapes(path) -> Dict[str, tuple]:
+    import zipfile
+
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as file:
+                    version = np.lib.format.read_magic(file)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+                        np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read_header(file)
+                shapes[member[: -len(".npy")] if member.endswith(".npy") else member] = shape
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise ValueError(f"Checkpoint {os.fspath(path)!r} is not a readable .npz file ({error}).") from error
+    return shapes
+
+
+def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
+    """The :class:`VisionTransformer` arguments of a checkpoint (architecture, options,
+    input size, normalisation, ``num_classes``, ``class_names``) and ``name`` (the
+    checkpoint's), read from its configuration and tensor shapes only: no weight is loaded.
+
+    ``source`` is any checkpoint :func:`from_pretrained` reads (a timm or Hugging Face
+    folder, ``hf://<org>/<name>``, an original ``.npz``).
+    """
+    text = os.fspath(source)
+    if not text.startswith(HF_PREFIX) and text.endswith(".npz"):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"Checkpoint {text!r} does not exist.")
+        arguments = npz.infer_config(npz.normalize_keys(_shapes_only(_npz_shapes(text))))
+        arguments.update(layer_norm_epsilon=1e-6, gelu="tanh", position_resampling="bilinear",
+                         pixel_mean=(0.5,) * arguments["channels"], pixel_std=(0.5,) * arguments["channels"])
+        return {**arguments, "name": os.path.splitext(os.path.basename(text))[0]}
+    folder = resolve_source(text, cache_dir=cache_dir)
+    config = _read_json(os.path.join(folder, CONFIG_FILENAME))
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(folder, WEIGHTS_FILENAME), framework="numpy") as file:
+        tensors = _shapes_only({key: file.get_slice(key).get_shape() for key in file.keys()})
+    if detect_format(config, folder) == "timm":
+        arguments, name = _timm_arguments(config, tensors), config.get("architecture")
+    else:
+        arguments, name = _huggingface_arguments(config, folder, tensors), config.get("_name_or_path")
+    name = name or os.path.basename(os.path.normpath(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text))
+    return {**arguments, "name": name}
+
+
 # --------------------------------------------------------------------------- loading
 def resample_timm_position_embedding(posemb, old_grid, new_grid, num_prefix_tokens):
     """timm's ``resample_abs_pos_embed``: prefix tokens kept, the grid resized by antialiased bicubic."""
@@ -405,6 +458,7 @@ def from_pretrained(
     num_classes: Optional[int] = None,
     image_size=None,
     include_preprocessing: bool = False,
+    class_names=None,
     cache_dir=None,
     **kwargs,
 ) -> VisionTransformer:
@@ -422,10 +476,17 @@ def from_pretrained(
             original's ``.npz``: ``zoom(order=1)``).
         include_preprocessing: the model takes pixels in [0, 255] and applies the
             checkpoint's own mean and std.
+        class_names: the names of your classes, one per class, for a new head
+            (fine-tuning): ``num_classes`` defaults to their number, and the model carries
+            them (``model.class_names``, used by export and predict).
         cache_dir: huggingface_hub's cache folder for ``hf://`` sources.
         **kwargs: other VisionTransformer arguments (``dropout``, ``dynamic_image_size``,
             ``name``, ...).
     """
+    if class_names is not None:
+        kwargs["class_names"] = class_names
+        if num_classes is None and not isinstance(class_names, str):
+            num_classes = len(class_names)  # a new head when the checkpoint's has another size
     if not os.fspath(source).startswith(HF_PREFIX) and os.fspath(source).endswith(".npz"):
         return npz.from_npz(
             source, include_top=include_top, num_classes=num_classes, image_size=image_size,
