@@ -70,6 +70,7 @@ class Datasets:
     validation_examples: int
     skipped_files: list = dataclasses.field(default_factory=list)
     stream: object = None
+    batch_size: object = None  # images per batch (int), where a small folder lowered the one asked for
 
 
 def _as_size(image_size):
@@ -563,6 +564,7 @@ def image_folder(
     cutmix=None,
     seed=0,
     cache=False,
+    shrink_batch=False,
 ):
     """Pipelines over folders of JPEG/PNG images, one sub-folder per class.
 
@@ -576,6 +578,8 @@ def image_folder(
             as :func:`embedded_mnist` (here the inception crop and flips are on by default).
         seed: split, shuffling and augmentation seed.
         cache: keep decoded images in memory after the first epoch.
+        shrink_batch: a folder of fewer training images than ``batch_size`` makes one
+            batch of them all (``Datasets.batch_size``) instead of being refused.
 
     Returns:
         A :class:`Datasets`; ``skipped_files`` lists the unreadable files left out.
@@ -618,6 +622,8 @@ def image_folder(
         val_labels = [lab for lab, v in zip(labels, validation) if v]
         paths = [p for p, v in zip(paths, validation) if not v]
         labels = [lab for lab, v in zip(labels, validation) if not v]
+    if len(paths) < batch_size and shrink_batch:
+        batch_size = len(paths)
     if len(paths) < batch_size:
         raise ValueError(
             f"{directory!r} has {len(paths)} training images, fewer than one batch of {batch_size}; "
@@ -644,7 +650,7 @@ def image_folder(
     )
     return Datasets(
         train, validation_ds, len(class_names), class_names, len(paths), len(val_paths), [p for p, _ in skipped],
-        stream=stream,
+        stream=stream, batch_size=batch_size,
     )
 
 

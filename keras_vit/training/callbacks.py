@@ -79,7 +79,8 @@ def plot_history(rows, path):
 
 class Checkpoints(keras.callbacks.Callback):
     """Saves ``checkpoints/last.keras`` every epoch and ``best.keras`` when ``val_accuracy``
-    improves, each atomically: a kill mid-save leaves the previous file whole.
+    improves, each atomically: a kill mid-save leaves the previous file whole. Both hold the
+    model alone: the optimizer's state, needed only to resume, is in ``backup/``.
 
     Args:
         run: the run folder.
@@ -92,11 +93,11 @@ class Checkpoints(keras.callbacks.Callback):
         self.best = best_val_accuracy
 
     def on_epoch_end(self, epoch, logs=None):
-        save_model(self.model, self.run.last_checkpoint)
+        save_model(self.model, self.run.last_checkpoint, include_optimizer=False)
         accuracy = (logs or {}).get("val_accuracy")
         if accuracy is not None and (self.best is None or accuracy > self.best):
             self.best = float(accuracy)
-            save_model(self.model, self.run.best_checkpoint)
+            save_model(self.model, self.run.best_checkpoint, include_optimizer=False)
 
 
 class Preempted(Exception):
