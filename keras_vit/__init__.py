@@ -35,6 +35,7 @@ _API = {
         "keras_vit.core.layers",
     ),
     "VisionTransformer": "keras_vit.core.models",
+    "ImageSpec": "keras_vit.core.image_spec",
     "forward_flops": "keras_vit.core.models",
     "feature_extractor": "keras_vit.core.models",
     **dict.fromkeys(

@@ -28,6 +28,9 @@ ARCHITECTURE = (
     "num_register_tokens", "distillation_token", "norm_after_pooling", "patch_position_embedding_only",
     "pixel_mean", "pixel_std", "position_resampling",
 )
+# The evaluation transform of each kind of checkpoint (timm's pretrained_cfg of these folders,
+# Hugging Face's resample 2 without a crop, the original's resize).
+TIMM_INPUT = ("bicubic", 0.9, "center")
 CHECKPOINTS = {  # source -> the model name the run takes from it
     os.path.join(HUB, "timm_vit_token"): "vit_base_patch16_224",
     os.path.join(HUB, "timm_deit_distilled"): "deit_tiny_distilled_patch16_224",
@@ -89,6 +92,8 @@ def test_train_with_weights_alone_fine_tunes_the_checkpoint_as_it_is(photos, tmp
     for field in ARCHITECTURE:
         assert getattr(model, field) == getattr(reference, field), field
     assert model.name == CHECKPOINTS[source]
+    expected_input = TIMM_INPUT if "timm_" in source else ("bilinear", 1.0, "squash")
+    assert (model.interpolation, model.crop_fraction, model.crop_mode) == expected_input
     assert model.class_names == CLASSES and model.num_classes == 3
     _assert_starts_from(model, reference)
     run = keras_vit.RunFolder(tmp_path / "run")

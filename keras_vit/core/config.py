@@ -37,6 +37,12 @@ GELUS = ("tanh", "exact")  # the original's approximation; timm's and Hugging Fa
 # How learned position embeddings move to another grid: the original's corner-aligned
 # linear zoom, timm's antialiased bicubic.
 POSITION_RESAMPLINGS = ("bilinear", "bicubic")
+# A model's preprocessing (core/image_spec.py). Resize methods by tf.image.resize's names
+# (timm's and PIL's "bicubic" is the same Keys kernel); timm's eval crop modes: "squash"
+# resizes both sides to size / crop_fraction (aspect not kept; the original's and Hugging
+# Face's resize) and keeps the centre, "center" resizes the shorter side (timm's default).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+CROP_MODES = ("squash", "center")
 
 _VARIANT_RE = re.compile(r"^(Ti|S|B|L|H)/(\d+)$")
 
@@ -146,6 +152,9 @@ def check_architecture(
     dynamic_image_size=False,
     position_resampling="bilinear",
     position_embedding="learned",
+    interpolation="bilinear",
+    crop_fraction=1.0,
+    crop_mode="squash",
 ):
     """Checks a Vision Transformer's arguments before anything is built.
 
@@ -203,6 +212,12 @@ def check_architecture(
     if dynamic_image_size and position_embedding not in ("learned", "none"):
         refuse("dynamic_image_size", dynamic_image_size,
                f"False with position_embedding={position_embedding!r} (only learned embeddings are resampled)")
+    if interpolation not in INTERPOLATIONS:
+        refuse("interpolation", interpolation, " or ".join(repr(i) for i in INTERPOLATIONS))
+    if not (is_number(crop_fraction) and 0 < crop_fraction <= 1):
+        refuse("crop_fraction", crop_fraction, "a number in (0, 1] (1: the whole image; 0.875: resize 256, crop 224)")
+    if crop_mode not in CROP_MODES:
+        refuse("crop_mode", crop_mode, " or ".join(repr(m) for m in CROP_MODES))
 
 
 # keras.applications' names for what keras_vit calls otherwise.

@@ -15,6 +15,7 @@ import keras
 
 from keras_vit import backends
 from keras_vit.core import hybrid
+from keras_vit.core.image_spec import ImageSpec
 from keras_vit.core.config import (
     POOLINGS,
     POSITION_EMBEDDINGS,
@@ -103,6 +104,11 @@ class VisionTransformer(keras.Model):
             resampled in the graph to each input's grid.
         position_resampling: how they are resampled: ``"bilinear"`` (the original's
             loader) or ``"bicubic"`` (timm's).
+        interpolation, crop_fraction, crop_mode: how an image file is resized for this
+            model at evaluation and inference (the checkpoint's ``interpolation``,
+            ``crop_pct``, ``crop_mode``); with the size, channels, ``pixel_mean``,
+            ``pixel_std`` and ``class_names`` they make the model's input contract,
+            ``model.image_spec`` (:class:`keras_vit.core.image_spec.ImageSpec`).
         class_names: None, or the head's class names (one per class), saved with the
             model and used by export and predict (checkpoints' ``id2label``).
         name: model name.
@@ -140,6 +146,9 @@ class VisionTransformer(keras.Model):
         pixel_std=None,
         dynamic_image_size=False,
         position_resampling="bilinear",
+        interpolation="bilinear",
+        crop_fraction=1.0,
+        crop_mode="squash",
         class_names=None,
         dtype=None,
         name="vit",
@@ -171,7 +180,8 @@ class VisionTransformer(keras.Model):
                 patch_position_embedding_only=patch_position_embedding_only,
                 include_preprocessing=include_preprocessing, pixel_mean=pixel_mean, pixel_std=pixel_std,
                 dynamic_image_size=dynamic_image_size, position_resampling=position_resampling,
-                position_embedding=position_embedding,
+                position_embedding=position_embedding, interpolation=interpolation,
+                crop_fraction=crop_fraction, crop_mode=crop_mode,
             )
             pixel_mean = (0.5,) * channels if pixel_mean is None else tuple(float(m) for m in pixel_mean)
             pixel_std = (0.5,) * channels if pixel_std is None else tuple(float(v) for v in pixel_std)
@@ -291,10 +301,18 @@ class VisionTransformer(keras.Model):
         self.pixel_std = pixel_std
         self.dynamic_image_size = dynamic_image_size
         self.position_resampling = position_resampling
+        self.interpolation = interpolation
+        self.crop_fraction = float(crop_fraction)
+        self.crop_mode = crop_mode
         self.class_names = class_names
         self.grid_size = grid_size
         self.num_prefix_tokens = encoder.num_prefix_tokens
         self.distilled_training = False
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """The model's input contract (size, pixel range, mean/std, resize, crop, class names)."""
+        return ImageSpec.of(self)
 
     @staticmethod
     def _head(num_classes, activation, name):
@@ -327,13 +345,16 @@ class VisionTransformer(keras.Model):
         dtype = getattr(images, "dtype", None)
         if dtype is not None and "int" in keras.backend.standardize_dtype(dtype) and not self.include_preprocessing:
             # 0-255 pixels fed as they are would be classified, wrongly, without a word.
+            spec = self.image_spec
+            how = ("keras_vit.preprocess_input(images) (x / 127.5 - 1)" if spec.is_unit_range
+                   else f"model.image_spec.normalize(images) ((x / 255 - mean) / std, mean {list(spec.mean)}, std {list(spec.std)})")
             raise ValueError(
-                f"{self.name} takes float images scaled to [-1, 1]; received {keras.backend.standardize_dtype(dtype)} "
-                f"pixels. Scale them with keras_vit.preprocess_input(images) (x / 127.5 - 1) first."
+                f"{self.name} takes float images {self._input_words()}; received {keras.backend.standardize_dtype(dtype)} "
+                f"pixels. Scale them with {how} first."
             )
         shape = tuple(getattr(images, "shape", ()))
         expected = (self.image_size[0], self.image_size[1], self.channels)
-        scaled = "pixels in [0, 255]" if self.include_preprocessing else "scaled to [-1, 1]"
+        scaled = self._input_words()
         if self.dynamic_image_size:
             step = self.patch_size  # times the stem's stride for hybrids: checked by the layers
             if len(shape) != 4 or shape[3] not in (None, self.channels) or any(
@@ -353,6 +374,13 @@ class VisionTransformer(keras.Model):
                 f"received shape {shape}. Resize the images, or build the model "
                 f"with image_size=/channels= to match them (or dynamic_image_size=True)."
             )
+
+    def _input_words(self):
+        if self.include_preprocessing:
+            return "pixels in [0, 255]"
+        if self.image_spec.is_unit_range:
+            return "scaled to [-1, 1]"
+        return f"normalised as (x / 255 - mean) / std (mean {list(self.pixel_mean)}, std {list(self.pixel_std)})"
 
     def get_config(self):
         return {
@@ -385,6 +413,9 @@ class VisionTransformer(keras.Model):
             "pixel_std": self.pixel_std,
             "dynamic_image_size": self.dynamic_image_size,
             "position_resampling": self.position_resampling,
+            "interpolation": self.interpolation,
+            "crop_fraction": self.crop_fraction,
+            "crop_mode": self.crop_mode,
             "class_names": None if self.class_names is None else list(self.class_names),
             "dtype": self.dtype_policy_name,
             "name": self.name,

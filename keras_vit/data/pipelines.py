@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
 
 from keras_vit.core.config import is_number, refuse
+from keras_vit.core.image_spec import ImageSpec
 
 EMBEDDED_MNIST_PATH = os.path.join(os.path.dirname(__file__), "mnist5k.npz")
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -99,7 +101,7 @@ def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1
         refuse("crop", crop, f"one of {list(CROPS)}")
     if not isinstance(flip, bool):
         refuse("flip", flip, "true or false")
-    if not (is_number(eval_crop_fraction) and 0 < eval_crop_fraction <= 1):
+    if eval_crop_fraction is not None and not (is_number(eval_crop_fraction) and 0 < eval_crop_fraction <= 1):
         refuse("eval_crop_fraction", eval_crop_fraction, "a number in (0, 1]")
     if randaugment is not None and not (
         isinstance(randaugment, (tuple, list))
@@ -212,16 +214,21 @@ def preprocess_for_train(image, *, image_size, channels=3, crop="inception", fli
     return scale_pixels(tf.ensure_shape(image, (height, width, channels)))
 
 
-def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):
+def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0, interpolation="bilinear",
+                        crop_mode="squash"):
     """Evaluation preprocessing of one image: resize (and centre-crop), scale to [-1, 1].
 
     Args:
         image: uint8 tensor (H, W) or (H, W, C) with C in 1, 3, 4.
         image_size: int or (height, width) of the output.
         channels: 1 or 3.
-        crop_fraction: 1.0 resizes the whole image; below 1 resizes to
-            ``image_size / crop_fraction`` and keeps the central ``image_size`` (the
-            "resize 256, crop 224" of ImageNet evaluation is 0.875).
+        crop_fraction: 1.0 keeps the whole image; below 1 resizes to
+            ``floor(image_size / crop_fraction)`` and keeps the central ``image_size`` (the
+            "resize 256, crop 224" of ImageNet evaluation is 0.875), as timm's ``crop_pct``.
+        interpolation: tf.image.resize's method (``"bilinear"``, ``"bicubic"``, ...).
+        crop_mode: ``"squash"`` resizes both sides (the original's and Hugging Face's
+            resize); ``"center"`` resizes the shorter side and keeps the aspect (timm's
+            default), then crops the centre.
 
     Returns:
         float32 tensor (height, width, channels) in [-1, 1].
@@ -230,13 +237,20 @@ def preprocess_for_eval(image, *, image_size, channels=3, crop_fraction=1.0):
 
     height, width = _as_size(image_size)
     image = _match_channels(image, channels)
-    if crop_fraction < 1.0:
-        outer = (round(height / crop_fraction), round(width / crop_fraction))
-        image = tf.image.resize(image, outer, method="bilinear")
+    outer = (math.floor(height / crop_fraction), math.floor(width / crop_fraction))
+    if crop_mode == "center" and height == width:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        resized = tf.cast(tf.round(shape * (outer[0] / tf.reduce_min(shape))), tf.int32)
+        resized = tf.maximum(resized, [height, width])
+        image = tf.image.resize(image, resized, method=interpolation)
+        top, left = (resized[0] - height) // 2, (resized[1] - width) // 2
+        image = tf.ensure_shape(image[top : top + height, left : left + width], (height, width, channels))
+    elif outer != (height, width):
+        image = tf.image.resize(image, outer, method=interpolation)
         top, left = (outer[0] - height) // 2, (outer[1] - width) // 2
         image = image[top : top + height, left : left + width]
     else:
-        image = tf.image.resize(image, (height, width), method="bilinear")
+        image = tf.image.resize(image, (height, width), method=interpolation)
     image = tf.clip_by_value(image, 0.0, 255.0)
     return scale_pixels(image)
 
@@ -301,6 +315,7 @@ def _build_pipelines(
     randaugment,
     mixup,
     cutmix,
+    image_spec,
     shuffle_buffer,
     seed,
     cache,
@@ -325,9 +340,17 @@ def _build_pipelines(
     def one_hot(label):
         return tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
 
+    spec = image_spec or ImageSpec(image_size=_as_size(image_size), channels=channels)
+    if eval_crop_fraction is None:
+        eval_crop_fraction = spec.crop_fraction
+
     def eval_map(image, label):
-        image = preprocess_for_eval(image, image_size=image_size, channels=channels, crop_fraction=eval_crop_fraction)
-        return image, one_hot(label)
+        image = preprocess_for_eval(image, image_size=image_size, channels=channels, crop_fraction=eval_crop_fraction,
+                                    interpolation=spec.interpolation, crop_mode=spec.crop_mode)
+        return spec.from_unit_range(image), one_hot(label)
+
+    def to_model_input(images, labels):  # after augmentation, which works in [-1, 1]
+        return spec.from_unit_range(images), labels
 
     if decode is not None and cache:
         train, decode = train.map(decode, num_parallel_calls=autotune), None
@@ -364,6 +387,8 @@ def _build_pipelines(
         batches = examples.map(train_map, num_parallel_calls=autotune).batch(batch_size, drop_remainder=True)
         if augment is not None:
             batches = batches.map(augment, num_parallel_calls=autotune)
+        if not spec.is_unit_range:
+            batches = batches.map(to_model_input, num_parallel_calls=autotune)
         return batches.prefetch(autotune)
 
     def stream(skip_batches=0):
@@ -389,10 +414,11 @@ def embedded_mnist(
     channels=1,
     crop="translate",
     flip=False,
-    eval_crop_fraction=1.0,
+    eval_crop_fraction=None,
     randaugment=None,
     mixup=None,
     cutmix=None,
+    image_spec=None,
     seed=None,
 ):
     """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
@@ -404,11 +430,14 @@ def embedded_mnist(
         crop: ``"translate"`` (default: random shifts; an inception crop would cut digits
             apart), ``"inception"`` or ``"none"``.
         flip: horizontal flips; off by default because a mirrored digit is another glyph.
-        eval_crop_fraction: see :func:`preprocess_for_eval`.
+        eval_crop_fraction: see :func:`preprocess_for_eval` (default: the image spec's).
         randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
         mixup: None, or the alpha of ``keras.layers.MixUp``.
         cutmix: None, or the factor of ``keras.layers.CutMix``.
         seed: shuffling and augmentation seed.
+        image_spec: the model's :class:`keras_vit.core.image_spec.ImageSpec`: images
+            come out as that model takes them (mean/std, or [0, 255] pixels), resized for
+            evaluation with its interpolation and crop. Default: [-1, 1], bilinear, no crop.
 
     Returns:
         A :class:`Datasets`.
@@ -436,6 +465,7 @@ def embedded_mnist(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        image_spec=image_spec,
         shuffle_buffer=len(x_train),
         seed=seed,
         cache=False,  # Already in memory.
@@ -558,10 +588,11 @@ def image_folder(
     channels=3,
     crop="inception",
     flip=True,
-    eval_crop_fraction=1.0,
+    eval_crop_fraction=None,
     randaugment=None,
     mixup=None,
     cutmix=None,
+    image_spec=None,
     seed=0,
     cache=False,
     shrink_batch=False,
@@ -642,6 +673,7 @@ def image_folder(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        image_spec=image_spec,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=cache,
@@ -667,10 +699,11 @@ def tfds_dataset(
     channels=3,
     crop="inception",
     flip=True,
-    eval_crop_fraction=1.0,
+    eval_crop_fraction=None,
     randaugment=None,
     mixup=None,
     cutmix=None,
+    image_spec=None,
     seed=0,
     cache=False,
 ):
@@ -759,6 +792,7 @@ def tfds_dataset(
         randaugment=randaugment,
         mixup=mixup,
         cutmix=cutmix,
+        image_spec=image_spec,
         shuffle_buffer=min(train_examples, 10_000),
         seed=seed,
         cache=cache,
@@ -802,6 +836,7 @@ def image_folder_dataset(
         randaugment=None,
         mixup=None,
         cutmix=None,
+        image_spec=None,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,

@@ -53,6 +53,7 @@ RECIPE_DEFAULTS = {
 # better road, and the command says so.
 SMALL_VARIANT = "Ti/16"
 SCRATCH_BATCH_SIZE = 128
+IMAGE_SPEC_DEFAULTS = dict(interpolation="bilinear", crop_fraction=1.0, crop_mode="squash")
 
 
 @dataclasses.dataclass
@@ -67,7 +68,8 @@ class DataConfig:
     data_dir, download, train_split, validation_split: TFDS's.
     crop, flip, eval_crop_fraction, randaugment, mixup, cutmix: see
         :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
-        digits, ``"inception"`` and on otherwise).
+        digits, ``"inception"`` and on otherwise; eval_crop_fraction, when given, becomes
+        the model's ``crop_fraction``, else it is the model's).
     """
 
     dataset: str = EMBEDDED_DATASET
@@ -80,7 +82,7 @@ class DataConfig:
     validation_split: Optional[str] = None
     crop: Optional[str] = None
     flip: Optional[bool] = None
-    eval_crop_fraction: float = 1.0
+    eval_crop_fraction: Optional[float] = None
     randaugment: Optional[list] = None
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
@@ -98,6 +100,11 @@ class ModelConfig:
         ``weights`` (another image size resamples the position embeddings), 224 and 3 otherwise.
     pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
         (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
+    pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
+        contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
+        evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
+        the original's x / 127.5 - 1), resize method (default bilinear), evaluation crop
+        (default 1.0, squash); with ``weights``, the checkpoint's.
     weights: checkpoint to start from (fine-tuning): a timm or Hugging Face folder,
         ``hf://<org>/<name>``, an original ``.npz``, a ``.keras`` model, or a published name
         of ``variant``. The fields left ``None`` then take the checkpoint's values
@@ -105,7 +112,7 @@ class ModelConfig:
         zero-initialised one for the data's classes.
     name, resnet, position_embedding, layer_norm_epsilon, gelu, layer_scale_init,
         num_register_tokens, distillation_token, norm_after_pooling,
-        patch_position_embedding_only, pixel_mean, pixel_std, position_resampling: as
+        patch_position_embedding_only, position_resampling: as
         ``keras_vit.ViT``; ``None`` is the checkpoint's value, else the builder's default.
     """
 
@@ -121,6 +128,11 @@ class ModelConfig:
     dropout: float = 0.0
     drop_path_rate: float = 0.0
     representation_size: Optional[int] = None
+    pixel_mean: Optional[list] = None
+    pixel_std: Optional[list] = None
+    interpolation: Optional[str] = None
+    crop_fraction: Optional[float] = None
+    crop_mode: Optional[str] = None
     weights: Optional[str] = None
     name: Optional[str] = None
     resnet: Optional[list] = None
@@ -132,8 +144,6 @@ class ModelConfig:
     distillation_token: Optional[bool] = None
     norm_after_pooling: Optional[bool] = None
     patch_position_embedding_only: Optional[bool] = None
-    pixel_mean: Optional[list] = None
-    pixel_std: Optional[list] = None
     position_resampling: Optional[str] = None
 
 
@@ -414,6 +424,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             model.variant = "B/16" if model.weights is not None else SMALL_VARIANT
     if model.pooling is None:
         model.pooling = "token"
+    for field, default in IMAGE_SPEC_DEFAULTS.items():  # the builder's, where no checkpoint gave them
+        if getattr(model, field) is None:
+            setattr(model, field, default)
     try:
         variant = None if from_checkpoint else decode_variant(model.variant)
     except (ValueError, TypeError, AttributeError) as error:
@@ -433,10 +446,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
         mlp_dim=model.mlp_dim, patch_size=model.patch_size, image_size=model.image_size, channels=model.channels,
         pooling=model.pooling, dropout=model.dropout, drop_path_rate=model.drop_path_rate,
-        representation_size=model.representation_size,
+        representation_size=model.representation_size, pixel_mean=model.pixel_mean, pixel_std=model.pixel_std,
+        interpolation=model.interpolation, crop_fraction=model.crop_fraction, crop_mode=model.crop_mode,
     )
 
     # data: what the pipelines take
+    if data.eval_crop_fraction is None:
+        data.eval_crop_fraction = model.crop_fraction
+    elif is_number(data.eval_crop_fraction) and 0 < data.eval_crop_fraction <= 1:
+        model.crop_fraction = data.eval_crop_fraction  # what evaluation used becomes the model's contract
     if data.crop is None:
         data.crop = "translate" if digits else "inception"
     if data.flip is None:
@@ -518,7 +536,7 @@ def _fill_from_checkpoint(model: ModelConfig) -> bool:
 
     if not starting_point.is_checkpoint_file(model.weights):
         return False
-    if all(getattr(model, field) is not None for field in starting_point.CHECKPOINT_FIELDS if field != "resnet"):
+    if all(getattr(model, field) is not None for field in starting_point.ALWAYS_GIVEN):
         return True  # resolved before (a run's config.json): the checkpoint need not be there any more
     starting_point.check_exists(model.weights)
     try:

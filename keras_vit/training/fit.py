@@ -222,7 +222,12 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
     if config is None:
         config = TrainConfig()
     if isinstance(model, VisionTransformer):
-        config = config.replace(image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0])
+        spec = model.image_spec  # evaluate as the model's input contract says
+        config = config.replace(
+            image_size=model.image_size[0], channels=model.channels, patch_size=model.patch_size[0],
+            pixel_mean=list(spec.mean), pixel_std=list(spec.std), interpolation=spec.interpolation,
+            crop_fraction=spec.crop_fraction, crop_mode=spec.crop_mode, eval_crop_fraction=None,
+        )
     config = resolve_config(config.replace(output=config.output or "unused"))
     datasets = build_datasets(config, batch_size or config.batch_size)
     expected_input = (config.image_size, config.image_size, config.channels)

@@ -114,10 +114,13 @@ def build_datasets(config: TrainConfig, global_batch_size: int):
     the model section's image size and channels."""
     from keras_vit import data
 
+    from keras_vit.core.image_spec import ImageSpec
+
     source = config.data
     common = dict(
         image_size=config.model.image_size,
         channels=config.model.channels,
+        image_spec=ImageSpec.from_model_arguments(**dataclasses.asdict(config.model)),
         crop=source.crop,
         flip=source.flip,
         eval_crop_fraction=source.eval_crop_fraction,

@@ -22,8 +22,11 @@ CHECKPOINT_FIELDS = (
     "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size", "channels", "pooling",
     "representation_size", "resnet", "position_embedding", "layer_norm_epsilon", "gelu", "layer_scale_init",
     "num_register_tokens", "distillation_token", "norm_after_pooling", "patch_position_embedding_only",
-    "pixel_mean", "pixel_std", "position_resampling", "name",
+    "pixel_mean", "pixel_std", "interpolation", "crop_fraction", "crop_mode", "position_resampling", "name",
 )
+# Fields every checkpoint gives (others, such as layer_scale_init, may be None): all set means resolved before.
+ALWAYS_GIVEN = ("name", "gelu", "layer_norm_epsilon", "image_size", "patch_size", "hidden_size", "pixel_mean",
+                "position_resampling")
 ACCEPTED = (
     "a timm or Hugging Face folder (config.json + model.safetensors), hf://<org>/<name>, an original .npz "
     "checkpoint, a .keras model, or a published name with --variant (e.g. imagenet21k)"

@@ -388,6 +388,29 @@ def _npz_shapes(path) -> Dict[str, tuple]:
     return shapes
 
 
+# PIL's resample codes in Hugging Face's preprocessor_config.json -> keras_vit's interpolation.
+_PIL_RESAMPLE = {0: "nearest", 1: "area", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bicubic"}
+
+
+def _input_contract(config: dict, folder, kind: str) -> dict:
+    """``interpolation``, ``crop_fraction`` and ``crop_mode`` of a repository's evaluation
+    transform (timm's ``pretrained_cfg``; Hugging Face's processor resizes without a crop)."""
+    from keras_vit.core.config import CROP_MODES, INTERPOLATIONS
+
+    if kind == "timm":
+        pretrained = config.get("pretrained_cfg") or {}
+        interpolation = pretrained.get("interpolation", "bicubic")
+        return dict(
+            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+            crop_fraction=float(pretrained.get("crop_pct") or 1.0),
+            crop_mode=pretrained.get("crop_mode") if pretrained.get("crop_mode") in CROP_MODES else "center",
+        )
+    path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    preprocessor = _read_json(path) if os.path.isfile(path) else {}
+    return dict(interpolation=_PIL_RESAMPLE.get(preprocessor.get("resample", 2), "bilinear"), crop_fraction=1.0,
+                crop_mode="squash")
+
+
 def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
     """The :class:`VisionTransformer` arguments of a checkpoint (architecture, options,
     input size, normalisation, ``num_classes``, ``class_names``) and ``name`` (the
@@ -402,7 +425,8 @@ def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
             raise FileNotFoundError(f"Checkpoint {text!r} does not exist.")
         arguments = npz.infer_config(npz.normalize_keys(_shapes_only(_npz_shapes(text))))
         arguments.update(layer_norm_epsilon=1e-6, gelu="tanh", position_resampling="bilinear",
-                         pixel_mean=(0.5,) * arguments["channels"], pixel_std=(0.5,) * arguments["channels"])
+                         pixel_mean=(0.5,) * arguments["channels"], pixel_std=(0.5,) * arguments["channels"],
+                         interpolation="bilinear", crop_fraction=1.0, crop_mode="squash")  # the original's
         return {**arguments, "name": os.path.splitext(os.path.basename(text))[0]}
     folder = resolve_source(text, cache_dir=cache_dir)
     config = _read_json(os.path.join(folder, CONFIG_FILENAME))
@@ -410,10 +434,12 @@ def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
 
     with safe_open(os.path.join(folder, WEIGHTS_FILENAME), framework="numpy") as file:
         tensors = _shapes_only({key: file.get_slice(key).get_shape() for key in file.keys()})
-    if detect_format(config, folder) == "timm":
+    kind = detect_format(config, folder)
+    if kind == "timm":
         arguments, name = _timm_arguments(config, tensors), config.get("architecture")
     else:
         arguments, name = _huggingface_arguments(config, folder, tensors), config.get("_name_or_path")
+    arguments.update(_input_contract(config, folder, kind))
     name = name or os.path.basename(os.path.normpath(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text))
     return {**arguments, "name": name}
 
