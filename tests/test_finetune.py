@@ -177,3 +177,21 @@ def test_from_pretrained_class_names_make_a_named_zero_head():
     model = keras_vit.from_pretrained(os.path.join(HUB, "timm_vit_token"), class_names=list(CLASSES))
     assert model.num_classes == 3 and model.class_names == CLASSES
     assert not np.any(model.get_layer("head").kernel.numpy())
+
+
+@pytest.mark.slow
+def test_transfer_experiment_runs_small(tmp_path):
+    """The pipeline of docs/fine-tuning.md's experiment at a size the suite affords; the
+    comparison itself (fine-tuned well above scratch) is recorded there at full size."""
+    from keras_vit.tools.transfer import run_experiment
+
+    result = run_experiment(str(tmp_path), per_class=4, test_per_class=4, pretrain_epochs=1, epochs=1)
+    checkpoint = tmp_path / "digits0-4_timm"
+    assert (checkpoint / "config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    assert (result["train_images"], result["test_images"]) == (20, 20)
+    assert all(0.0 <= result[key] <= 1.0 for key in ("pretrain_accuracy", "finetuned_accuracy", "scratch_accuracy"))
+    finetuned, scratch = load_model(tmp_path / "finetuned"), load_model(tmp_path / "scratch")
+    assert finetuned.class_names == scratch.class_names == ("5", "6", "7", "8", "9")
+    assert finetuned.count_params() == scratch.count_params()  # the same model, with and without the checkpoint
+    assert (finetuned.gelu, finetuned.channels, finetuned.pooling) == ("exact", 1, "gap")
+    assert "--weights " + str(checkpoint) in result["commands"]["finetune"]
