@@ -48,7 +48,7 @@ RECIPE_DEFAULTS = {
     "finetune": dict(optimizer="sgd", learning_rate=0.01, weight_decay=0.0, label_smoothing=0.0, batch_size=32,
                      epochs=10),
 }
-# Without weights, an image folder trains this small model (5.5 M parameters at 224 px,
+# Without weights, an image folder trains this small model (5.5 M parameters at 224 px with 10 classes,
 # about 1/15 of B/16's compute) from scratch; starting from a checkpoint (--weights) is the
 # better road, and the command says so.
 SMALL_VARIANT = "Ti/16"
