@@ -195,3 +195,11 @@ def test_transfer_experiment_runs_small(tmp_path):
     assert finetuned.count_params() == scratch.count_params()  # the same model, with and without the checkpoint
     assert (finetuned.gelu, finetuned.channels, finetuned.pooling) == ("exact", 1, "gap")
     assert "--weights " + str(checkpoint) in result["commands"]["finetune"]
+
+
+def test_with_a_variant_the_checkpoint_still_gives_its_options_and_input_contract():
+    config = keras_vit.training.config.resolve_config(
+        keras_vit.TrainConfig(image_folder=HUB, variant="Ti/8", weights=os.path.join(HUB, "timm_vit_token"))
+    )
+    assert (config.hidden_size, config.num_layers, config.patch_size) == (192, 12, 8)  # the variant's
+    assert (config.gelu, config.image_size, config.interpolation, config.crop_fraction) == ("exact", 32, "bicubic", 0.9)

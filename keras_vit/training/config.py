@@ -414,7 +414,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         _fail("download", data.download, "true or false")
 
     # model: the builder's arguments, a checkpoint's own where one is given
-    from_checkpoint = model.weights is not None and model.variant is None and _fill_from_checkpoint(model)
+    # (with --variant too, the checkpoint's options and input contract; the variant's sizes)
+    from_checkpoint = model.variant is None and model.weights is not None and _fill_from_checkpoint(model)
+    if model.variant is not None and model.weights is not None:
+        _fill_from_checkpoint(model, options_only=True)
     if model.variant is None and not from_checkpoint:
         if digits:
             for key, value in {**MNIST_MODEL, **MNIST_RECIPE}.items():
@@ -529,7 +532,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return c
 
 
-def _fill_from_checkpoint(model: ModelConfig) -> bool:
+def _fill_from_checkpoint(model: ModelConfig, options_only=False) -> bool:
     """Fills the model fields left ``None`` from the checkpoint ``weights`` names (see
     :mod:`keras_vit.training.starting_point`); False for a published name."""
     from keras_vit.training import starting_point
@@ -544,6 +547,8 @@ def _fill_from_checkpoint(model: ModelConfig) -> bool:
     except (ValueError, OSError, ImportError) as error:
         raise ValueError(f"Invalid configuration: weights={model.weights!r}: {error}") from None
     for field, value in found.items():
+        if options_only and field in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "name"):
+            continue  # the variant's
         if getattr(model, field) is None:
             setattr(model, field, value)
     return True
