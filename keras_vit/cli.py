@@ -107,15 +107,28 @@ def _add_models(subparsers):
         "architecture, parameter count and forward GFLOPs (counted from the variant's numbers, equal to "
         "the built models'), and the published checkpoints its weights= accepts.",
     )
+    parser.add_argument(
+        "pattern", nargs="?", default="",
+        help="only the models whose name matches this shell pattern, as timm's list_models: the variant "
+        "(B/16), its builder (ViTB16) or timm's name (vit_base_patch16_224); e.g. 'vit_base_*', '*b16*', '*/16'",
+    )
     parser.add_argument("--hybrids", action="store_true", help="also list the ResNet hybrids (built to count them)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run_models)
 
 
 def _run_models(args):
-    from keras_vit.zoo import variant_table
+    from keras_vit.zoo import list_models, variant_table
 
-    rows = variant_table(include_hybrids=args.hybrids)
+    rows = variant_table(include_hybrids=args.hybrids, filter=args.pattern)
+    if not rows:
+        hybrids = [] if args.hybrids else list_models(args.pattern)
+        raise ValueError(
+            f"no model matches {args.pattern!r}"
+            + (f" without --hybrids (the hybrids {', '.join(hybrids)} do)" if hybrids else "")
+            + "; a pattern matches a variant (B/16), its builder (ViTB16) or timm's name (vit_base_patch16_224), "
+            "e.g. 'vit_base_*', '*b16*', '*/16'."
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -175,6 +188,13 @@ _TRAIN_FLAG_HELP = {
     "pixel_mean": "per-channel mean of [0, 1] pixels, e.g. '[0.485, 0.456, 0.406]' (default: the checkpoint's, "
     "else 0.5)",
     "pixel_std": "per-channel std of [0, 1] pixels (default: the checkpoint's, else 0.5)",
+    "random_erasing": "timm's RandomErasing probability (per-pixel noise), e.g. 0.25",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.9998); it is validated, saved, exported",
+    "layer_decay": "layer-wise learning-rate decay (e.g. 0.65): block i of L learns at R**(L-i) x the rate",
+    "teacher": ".keras classifier (or run folder) of the same classes to distil from, DeiT-style",
+    "distillation": "hard (teacher's argmax, default with --teacher) | soft (KL at --distillation-tau)",
+    "distillation_alpha": "weight of the distillation loss (DeiT: 0.5)",
+    "distillation_tau": "soft distillation temperature (DeiT: 1.0)",
     "total_batch_size": "images per optimizer update, reached by gradient accumulation",
     "strategy": "auto | default | mirrored | multiworker | tpu",
     "precision": "auto | float32 | mixed_float16 | mixed_bfloat16",

@@ -13,9 +13,18 @@
         training_curves.png  loss and accuracy per epoch
         metrics.json         written last: its presence marks a finished run
         export/              what ``keras-vit export`` writes by default
+        .keras-vit.json      the marker: a keras-vit run, and the entries above it writes
 
 Training (both loops), evaluation, export, prediction and the figures open runs through
 :class:`RunFolder`; no other module spells these names.
+
+Ownership (:mod:`keras_vit.ownership`): a run folder is keras-vit's only when it holds the
+marker (or, written by an earlier version without one, when every entry is a run file and
+its ``config.json`` is a keras-vit configuration). ``--overwrite`` replaces only such a
+folder, only when it holds nothing but what the marker lists (anything else is named and
+the command refuses), and only whole: the new run is built beside it
+(:meth:`RunFolder.replacement`) and swapped in by one atomic exchange once it has finished
+(:meth:`RunFolder.promote`). A symbolically linked run folder is followed, never replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
+from keras_vit import ownership
 from keras_vit.files import replaced_atomically, write_json
 
 logger = logging.getLogger(__name__)
@@ -41,6 +51,12 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 CLASS_NAMES_KEY = "class_names"  # in config.json, beside the configuration's fields
 LOCK_FILE = ".lock"  # held by the process that trains into the folder
+EXPORT_DIR = "export"
+# What a run writes in its folder, recorded in its marker before any of it is written.
+RUN_ENTRIES = (CONFIG_FILE, MODEL_FILE, "checkpoints", "backup", "logs", HISTORY_FILE, CURVES_FILE, METRICS_FILE,
+               EXPORT_DIR, LOCK_FILE)
+# Keys one of which every keras-vit config.json has held (sections, or the flat fields of old versions).
+_RUN_CONFIG_KEYS = {CLASS_NAMES_KEY, "model", "optimization", "epochs"}
 
 
 class RunFolder:
@@ -63,17 +79,18 @@ class RunFolder:
 
         The old run stays whole until the new one has finished; :meth:`promote` then swaps
         them. A replacement killed half-way leaves the old run as it was."""
-        parent, name = os.path.split(os.path.abspath(self.path))
+        parent, name = os.path.split(ownership.real_folder(self.path))  # a linked run is replaced where it lies
         return RunFolder(os.path.join(parent, f".{name}.replacement"), replaces=self)
 
     def promote(self) -> None:
-        """Puts this finished replacement in the place of the run it replaces, then deletes the old run."""
+        """Puts this finished replacement in the place of the run it replaces (one atomic
+        exchange), then deletes what keras-vit wrote in the old run."""
         target = self.replaces
-        parent, name = os.path.split(os.path.abspath(target.path))
-        retired = os.path.join(parent, f".{name}.replaced-{os.getpid()}")
-        os.replace(target.path, retired)
-        os.replace(self.path, target.path)
-        shutil.rmtree(retired, ignore_errors=True)
+        replaced = target.owned_entries() or set()
+        left = ownership.put_in_place(self.path, ownership.real_folder(target.path), replaced | {LOCK_FILE})
+        if left:  # written into the old run while this one trained: kept where the old run went
+            logger.warning("Kept files keras-vit did not write in the replaced run: %s in %s",
+                           ownership.describe(left), self.path)
         target.unlock()
         self.path, self.replaces = target.path, None
 
@@ -131,17 +148,21 @@ class RunFolder:
 
     @property
     def export_dir(self) -> str:
-        return self.file("export")
+        return self.file(EXPORT_DIR)
 
     # ------------------------------------------------------------------ state
     def is_empty(self) -> bool:
         return not os.path.exists(self.path) or (os.path.isdir(self.path) and not self._entries())
 
     def _entries(self) -> List[str]:
-        return sorted(entry for entry in os.listdir(self.path) if entry != LOCK_FILE)
+        return ownership.entries(self.path, ignore=[LOCK_FILE])
+
+    def owned_entries(self):
+        """What keras-vit wrote here as a run (see the module docstring); None when this is not a run."""
+        return ownership.owned(self.path, "run", _legacy_run) if os.path.isdir(self.path) else None
 
     def is_run(self) -> bool:
-        return os.path.isfile(self.config_path)
+        return self.owned_entries() is not None
 
     def is_finished(self) -> bool:
         return os.path.isfile(self.metrics_path)
@@ -277,6 +298,7 @@ class RunFolder:
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it.")
+        ownership.real_folder(self.path)  # refuses a link to nothing
         if self.is_empty():
             if resume:
                 raise FileNotFoundError(f"Nothing to resume: run folder {self.path!r} does not exist or is empty.")
@@ -284,13 +306,16 @@ class RunFolder:
         if not self.is_run():
             if not os.path.isdir(self.path):
                 raise ValueError(f"Run folder {self.path!r} is a file, not a folder; choose another run_name/--output.")
-            held = self._entries()
+            marker = ownership.read_marker(self.path)
             raise ValueError(
-                f"Run folder {self.path!r} exists and is not a keras-vit run (no {CONFIG_FILE}; it holds "
-                f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is touched, and --overwrite "
+                f"Run folder {self.path!r} exists and is not a keras-vit run "
+                f"({'a keras-vit ' + marker['kind'] if marker else 'no ' + ownership.MARKER}; it holds "
+                f"{ownership.describe(self._entries())}); nothing in it is touched, and --overwrite "
                 f"replaces only keras-vit runs. Choose another run_name/--output."
             )
-        if overwrite:
+        if overwrite:  # refused now, before any work, if the run holds files keras-vit did not write
+            ownership.refuse_unless_replaceable(self.path, "run", self.owned_entries(), ignore=[LOCK_FILE],
+                                                choose="choose another run_name/--output")
             return False
         if self.is_finished():
             raise ValueError(
@@ -348,20 +373,38 @@ class RunFolder:
         if self.is_empty():  # the run stopped before writing anything (bad data, say)
             os.remove(self.file(LOCK_FILE))
             with contextlib.suppress(OSError):
+                os.remove(self.file(ownership.MARKER))
+            with contextlib.suppress(OSError):
                 os.rmdir(self.path)
         handle.close()  # releases the lock
         self._lock = None
 
     def begin(self, config: Dict, class_names: List[str], *, resuming: bool, overwrite: bool) -> None:
-        """Empties the folder with ``overwrite`` (what keras-vit wrote: :meth:`check` refused
-        anything else) and, for a new run, writes ``config.json`` with the class names."""
+        """Marks the folder as a run (listing what it will write, before writing it), empties
+        it of what keras-vit wrote with ``overwrite`` (a replacement left by a killed one)
+        and, for a new run, writes ``config.json`` with the class names."""
         os.makedirs(self.path, exist_ok=True)
         if overwrite:
-            for entry in self._entries():
+            for entry in set(self._entries()) & (self.owned_entries() or set()):
                 target = self.file(entry)
                 shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
+        if ownership.read_marker(self.path) is None:  # a new run, or one an earlier version wrote
+            ownership.mark(self.path, "run", RUN_ENTRIES)
         if not resuming:
             self.write_config(json.loads(json.dumps(config)), class_names)
+
+
+def _legacy_run(folder) -> Optional[set]:
+    """A run written before the marker: nothing but run files, and a keras-vit ``config.json``."""
+    names = set(os.listdir(folder))
+    if CONFIG_FILE not in names or not names <= set(RUN_ENTRIES):
+        return None
+    try:
+        with open(os.path.join(folder, CONFIG_FILE)) as file:
+            config = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return set(RUN_ENTRIES) if isinstance(config, dict) and _RUN_CONFIG_KEYS & set(config) else None
 
 
 def _leaves(values: Dict) -> Dict:

@@ -11,8 +11,9 @@ registry answers at once.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from keras_vit.core.config import as_pair, block_flops, decode_variant, parameter_count, refuse_unknown_arguments
 from keras_vit.weights import published
@@ -100,14 +101,54 @@ ViTR50_B16 = _register("R50+B/16", original="R50+ViT-B_16")
 ViTR50_L32 = _register("R50+L/32")
 
 
-def list_models(hybrids: bool = True) -> List[str]:
-    """The named variants, in table order (``"Ti/16"``, ..., ``"R50+L/32"``)."""
-    return [variant for variant, entry in REGISTRY.items() if hybrids or not entry.hybrid]
+# timm's name of each named variant (at 224), so that a timm pattern ("vit_base_*") selects here
+# the models it selects there.
+_TIMM_NAMES = {
+    "Ti/16": "vit_tiny_patch16_224", "S/16": "vit_small_patch16_224", "S/32": "vit_small_patch32_224",
+    "B/8": "vit_base_patch8_224", "B/16": "vit_base_patch16_224", "B/32": "vit_base_patch32_224",
+    "L/16": "vit_large_patch16_224", "L/32": "vit_large_patch32_224", "H/14": "vit_huge_patch14_224",
+    "R+Ti/16": "vit_tiny_r_s16_p8_224", "R26+S/32": "vit_small_r26_s32_224", "R26+B/32": "vit_base_r26_s32_224",
+    "R50+B/16": "vit_base_r50_s16_224", "R50+L/32": "vit_large_r50_s32_224",
+}
+
+
+def model_names(variant: str) -> List[str]:
+    """The names a pattern of :func:`list_models` is matched against: the variant (``"B/16"``),
+    the model (``"ViT-B/16"``), its builder (``"ViTB16"``) and timm's name (``"vit_base_patch16_224"``)."""
+    return [variant, f"ViT-{variant}", builder_name(variant)] + ([_TIMM_NAMES[variant]] if variant in _TIMM_NAMES else [])
+
+
+def list_models(filter: Union[str, Sequence[str]] = "", *, hybrids: bool = True) -> List[str]:
+    """The named variants, in table order (``"Ti/16"``, ..., ``"R50+L/32"``), as timm's ``list_models``.
+
+    Args:
+        filter: a shell-style pattern (``fnmatch``: ``*``, ``?``, ``[...]``), or a list of them;
+            a variant is listed when any pattern matches any of its :func:`model_names`,
+            case-insensitively: ``"vit_*"``, ``"*b16*"`` (ViTB16, ViTR50_B16), ``"B/*"``,
+            ``"*/16"``. Empty: every variant.
+        hybrids: also list the ResNet hybrids (``"R50+B/16"``, ...).
+    """
+    if isinstance(filter, str):
+        patterns = [filter] if filter else []
+    elif isinstance(filter, (list, tuple)) and all(isinstance(pattern, str) for pattern in filter):
+        patterns = [pattern for pattern in filter if pattern]
+    else:
+        raise TypeError(
+            f"list_models(filter={filter!r}): expected a name pattern such as 'vit_*' or a list of them "
+            f"(hybrids are chosen by the keyword: list_models(hybrids=False))."
+        )
+    patterns = [pattern.lower() for pattern in patterns]
+    return [
+        variant
+        for variant, entry in REGISTRY.items()
+        if (hybrids or not entry.hybrid)
+        and (not patterns or any(fnmatch.fnmatchcase(name.lower(), p) for name in model_names(variant) for p in patterns))
+    ]
 
 
 def builders(hybrids: bool = True) -> Dict[str, Callable[..., VisionTransformer]]:
     """Variant -> builder function, in table order."""
-    return {variant: REGISTRY[variant].builder for variant in list_models(hybrids)}
+    return {variant: REGISTRY[variant].builder for variant in list_models(hybrids=hybrids)}
 
 
 def list_weights(variant: Optional[str] = None):
@@ -282,14 +323,16 @@ def variant_forward_flops(variant: str, image_size: int = 224, num_classes: int 
     return embedding + blocks + 2 * hidden * num_classes
 
 
-def variant_table(include_hybrids: bool = False, image_size: int = 224, num_classes: int = 1000):
+def variant_table(include_hybrids: bool = False, image_size: int = 224, num_classes: int = 1000, filter: str = ""):
     """One row per named variant: architecture, parameters, GFLOPs and published weights.
 
     Plain ViTs are counted from their numbers (equal to the built models'; a test checks
     it), so the table needs no Keras; hybrids are built to count their ResNet stems.
+    ``filter``: only the variants :func:`list_models` lists for that pattern.
     """
     rows = []
-    for variant, build in builders(include_hybrids).items():
+    for variant in list_models(filter, hybrids=include_hybrids):
+        build = REGISTRY[variant].builder
         spec = decode_variant(variant)
         if spec.resnet is None:
             params = parameter_count(spec, image_size, num_classes)

@@ -8,4 +8,4 @@ source scripts/setup_env.sh dev
 echo "[test] TensorFlow backend: the whole suite"
 KERAS_BACKEND=tensorflow python -m pytest -q -p no:cacheprovider "$@" tests
 echo "[test] JAX backend: the model core and the optimizers"
-KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" tests/test_layers.py tests/test_serialization.py tests/test_models.py tests/test_hybrid.py tests/test_checkpoints.py tests/test_hub.py tests/test_optimizers.py
+KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" tests/test_layers.py tests/test_layer_harness.py tests/test_serialization.py tests/test_models.py tests/test_hybrid.py tests/test_checkpoints.py tests/test_hub.py tests/test_optimizers.py

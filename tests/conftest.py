@@ -48,16 +48,38 @@ def randomize(model, seed=0, scale=0.2):
 
 
 @pytest.fixture(scope="session")
-def mnist_run(tmp_path_factory):
-    """The README's main job, trained once per session through the public API with its
-    defaults: ``(RunFolder, model, metrics)``. A fully trained model: full-integer int8
-    keeps >= 99% top-1 agreement on it, while briefly trained models sit at the threshold."""
+def readme_session(tmp_path_factory):
+    """README.md's blocks in a fresh copy of the repository, run up to and including the
+    main job's training (``keras-vit train`` with its defaults); test_readme.py runs the rest."""
+    from readme_runner import ReadmeSession, trains_the_main_job
+
+    session = ReadmeSession(tmp_path_factory.mktemp("readme") / "keras_vit")
+    try:
+        session.run_through(trains_the_main_job)
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture(scope="session")
+def mnist_run(readme_session, tmp_path_factory):
+    """The README's main job, trained once per session by ``keras-vit train`` with its
+    defaults (``readme_session``), copied as it was when training finished:
+    ``(RunFolder, model, metrics)``. A fully trained model: full-integer int8 keeps >= 99%
+    top-1 agreement on it, while briefly trained models sit at the threshold."""
+    import json
+    import shutil
+
     import keras
 
     import keras_vit
 
-    metrics = keras_vit.train(keras_vit.TrainConfig(output=str(tmp_path_factory.mktemp("saved_models") / "mnist")), verbose=0)
-    run = keras_vit.RunFolder(metrics["run_dir"])
+    trained = os.path.join(readme_session.root, "saved_models", "mnist_vit-ti4")
+    copy = str(tmp_path_factory.mktemp("saved_models") / "mnist")
+    shutil.copytree(trained, copy)
+    run = keras_vit.RunFolder(copy)
+    with open(run.metrics_path) as file:
+        metrics = {**json.load(file), "run_dir": copy}
     return run, keras.saving.load_model(run.model_path), metrics
 
 
@@ -73,7 +95,7 @@ def mnist_validation():
 def pytest_collection_modifyitems(items):
     # Any test that uses the trained MNIST run is slow (the training takes minutes).
     for item in items:
-        if "mnist_run" in getattr(item, "fixturenames", ()):
+        if {"mnist_run", "readme_session"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

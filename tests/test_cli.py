@@ -35,6 +35,15 @@ def test_models_table_lists_every_variant_with_its_published_weights(capsys):
     assert len(rows) == 9
 
 
+def test_models_takes_a_name_pattern_and_names_the_hybrids_a_pattern_leaves_out(capsys):
+    status, out, _ = run(capsys, "models", "vit_base_*", "--json")
+    assert status == 0
+    assert [row["builder"] for row in json.loads(out)] == ["ViTB8", "ViTB16", "ViTB32"]
+    status, out, err = run(capsys, "models", "R50*")
+    assert (status, out) == (2, "")
+    assert "no model matches 'R50*' without --hybrids (the hybrids R50+B/16, R50+L/32 do)" in err
+
+
 @pytest.mark.slow
 def test_the_counted_table_equals_the_built_models():
     from keras_vit.core.models import forward_flops

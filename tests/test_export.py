@@ -304,7 +304,7 @@ def test_cli_export_tflite_to_an_output_folder(mnist_export, tmp_path, capsys):
     status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])
     assert status == 0
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
-        "labels.txt", "manifest.json", "model_float32.tflite", "samples"
+        ".keras-vit.json", "labels.txt", "manifest.json", "model_float32.tflite", "samples"
     ]
     assert "| model_float32.tflite | tflite | float32" in capsys.readouterr().out
     status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])

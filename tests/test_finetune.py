@@ -16,6 +16,7 @@ import pytest
 import keras_vit
 from keras_vit import cli
 from keras_vit.run_folder import load_model
+from keras_vit.training.config import resolve_config
 from keras_vit.weights.hub import convert_pretrained
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -164,7 +165,7 @@ def test_missing_weights_are_refused_by_name_before_training(photos, tmp_path, c
 
 
 def test_checkpoint_fields_are_read_without_loading_weights():
-    config = keras_vit.training.config.resolve_config(
+    config = resolve_config(
         keras_vit.TrainConfig(image_folder=HUB, weights=os.path.join(HUB, "timm_deit_distilled"))
     )
     assert (config.variant, config.name, config.image_size, config.patch_size, config.gelu) == (
@@ -198,7 +199,7 @@ def test_transfer_experiment_runs_small(tmp_path):
 
 
 def test_with_a_variant_the_checkpoint_still_gives_its_options_and_input_contract():
-    config = keras_vit.training.config.resolve_config(
+    config = resolve_config(
         keras_vit.TrainConfig(image_folder=HUB, variant="Ti/8", weights=os.path.join(HUB, "timm_vit_token"))
     )
     assert (config.hidden_size, config.num_layers, config.patch_size) == (192, 12, 8)  # the variant's

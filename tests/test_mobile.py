@@ -107,14 +107,25 @@ def test_mixed_int8_file_quantizes_only_the_weight_matmuls(exported):
 
 
 def test_tflite_layer_norm_form_is_traced_only_inside_its_context():
+    """The TFLite form is chosen through the backends' switch (thread-local, the class is
+    never patched): inside the context the trace has RSQRT and no SQUARED_DIFFERENCE."""
+    import tensorflow as tf
+
     original = core_layers.LayerNorm.call
     model = _tiny()
     images = np.random.default_rng(1).uniform(-1, 1, (4, 28, 28, 1)).astype("float32")
     expected = np.asarray(model(images))
+
+    def traced_ops():
+        graph = tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec(images.shape, tf.float32)).graph
+        return {op.type for op in graph.get_operations()}
+
+    outside = traced_ops()
     with tflite_forms():
-        assert core_layers.LayerNorm.call is not original
+        inside = traced_ops()
         rewritten = np.asarray(model(images))
     assert core_layers.LayerNorm.call is original
+    assert "SquaredDifference" in outside and "Rsqrt" in inside and "SquaredDifference" not in inside
     np.testing.assert_allclose(rewritten, expected, atol=1e-5)
 
 

@@ -237,6 +237,29 @@ def test_booleans_and_integers_are_not_confused(arguments, message):
         tiny(**arguments)
 
 
+@pytest.mark.parametrize(
+    "pattern, hybrids, expected",
+    [
+        ("vit_*", False, ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]),  # timm's names
+        ("*b16*", True, ["B/16", "R50+B/16"]),  # the builders ViTB16 and ViTR50_B16
+        ("vit_base_*", True, ["B/8", "B/16", "B/32", "R26+B/32", "R50+B/16"]),
+        ("B/*", True, ["B/8", "B/16", "B/32"]),
+        ("VIT-L/*", True, ["L/16", "L/32"]),  # case-insensitive, the model's name ViT-L/16
+        (["*/14", "vit_tiny_*"], True, ["Ti/16", "H/14", "R+Ti/16"]),  # any of several patterns, in table order
+        ("deit_*", True, []),
+        ("", False, ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]),
+    ],
+)
+def test_list_models_takes_a_name_pattern_as_timm(pattern, hybrids, expected):
+    assert keras_vit.list_models(pattern, hybrids=hybrids) == expected
+    assert keras_vit.list_models(filter=pattern, hybrids=hybrids) == expected
+
+
+def test_list_models_refuses_the_old_positional_boolean_naming_the_keyword():
+    with pytest.raises(TypeError, match=r"list_models\(filter=False\): expected a name pattern .*list_models\(hybrids=False\)"):
+        keras_vit.list_models(False)
+
+
 def test_list_models_list_weights_and_data_config_come_from_the_registry():
     assert keras_vit.list_models(hybrids=False) == ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"]
     assert keras_vit.list_models()[-1] == "R50+L/32"

@@ -66,7 +66,7 @@ def test_two_workers_train_lower_the_loss_and_keep_identical_weights(tmp_path):
     # Only the chief (worker 0) wrote the run folder; the other's scratch checkpoints are gone.
     assert "chief" in outputs[0].splitlines()[0] or " chief]" in outputs[0]
     assert sorted(os.listdir(output)) == [
-        ".lock", "config.json", "history.csv", "logs", "metrics.json", "model.keras", "training_curves.png",
+        ".keras-vit.json", ".lock", "config.json", "history.csv", "logs", "metrics.json", "model.keras", "training_curves.png",
     ]  # fmt: skip
     with open(output / "history.csv", newline="") as file:
         rows = list(csv.DictReader(file))

@@ -11,9 +11,11 @@ import importlib
 _API = {
     **dict.fromkeys(["ViTConfig", "decode_variant"], "keras_vit.core.config"),
     **dict.fromkeys(
-        ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "SelfAttention", "TokenPooling", "TransformerBlock"],
+        ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "PixelNormalization", "SelfAttention", "TokenGrid",
+         "TokenPooling", "TransformerBlock"],
         "keras_vit.core.layers",
     ),
+    **dict.fromkeys(["BottleneckUnit", "StdConv2D"], "keras_vit.core.hybrid"),
     **dict.fromkeys(["VisionTransformer", "forward_flops"], "keras_vit.core.models"),
 }
 __all__ = sorted(_API)

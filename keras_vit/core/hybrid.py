@@ -31,16 +31,17 @@ class StdConv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
-def _std_conv(filters, kernel_size, strides=1, name=None):
-    return StdConv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=name)
+def _std_conv(filters, kernel_size, strides=1, name=None, dtype=None):
+    return StdConv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=name, dtype=dtype)
 
 
-def _group_norm(name, zero_scale=False):
+def _group_norm(name, zero_scale=False, dtype=None):
     return keras.layers.GroupNormalization(
         groups=GROUPS,
         epsilon=GROUP_NORM_EPSILON,
         gamma_initializer="zeros" if zero_scale else "ones",
         name=name,
+        dtype=dtype,
     )
 
 
@@ -60,19 +61,21 @@ class BottleneckUnit(keras.layers.Layer):
         super().__init__(**kwargs)
         self.features = int(features)
         self.strides = int(strides)
-        self.conv1 = _std_conv(self.features, 1, name="conv1")
-        self.gn1 = _group_norm("gn1")
-        self.conv2 = _std_conv(self.features, 3, self.strides, name="conv2")
-        self.gn2 = _group_norm("gn2")
-        self.conv3 = _std_conv(self.features * 4, 1, name="conv3")
-        self.gn3 = _group_norm("gn3", zero_scale=True)
+        # Sub-layers take the unit's dtype policy, so that a mixed-precision unit computes in float16.
+        policy = self.dtype_policy
+        self.conv1 = _std_conv(self.features, 1, name="conv1", dtype=policy)
+        self.gn1 = _group_norm("gn1", dtype=policy)
+        self.conv2 = _std_conv(self.features, 3, self.strides, name="conv2", dtype=policy)
+        self.gn2 = _group_norm("gn2", dtype=policy)
+        self.conv3 = _std_conv(self.features * 4, 1, name="conv3", dtype=policy)
+        self.gn3 = _group_norm("gn3", zero_scale=True, dtype=policy)
         self.conv_proj = None
         self.gn_proj = None
 
     def build(self, input_shape):
         if input_shape[-1] != self.features * 4 or self.strides != 1:
-            self.conv_proj = _std_conv(self.features * 4, 1, self.strides, name="conv_proj")
-            self.gn_proj = _group_norm("gn_proj")
+            self.conv_proj = _std_conv(self.features * 4, 1, self.strides, name="conv_proj", dtype=self.dtype_policy)
+            self.gn_proj = _group_norm("gn_proj", dtype=self.dtype_policy)
             self.conv_proj.build(input_shape)
             self.gn_proj.build(self.conv_proj.compute_output_shape(input_shape))
         self.conv1.build(input_shape)

@@ -401,7 +401,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     """Keras ``LayerNormalization`` with the original's epsilon, 1e-6 (Keras defaults to 1e-3).
 
     Same weights and math as the parent; inside a fused training or inference step on a
-    TensorFlow CPU it runs as one oneDNN kernel (:mod:`keras_vit.backends`).
+    TensorFlow CPU it runs as one oneDNN kernel, and traced for the TFLite converter as ops
+    that stay int8 (:mod:`keras_vit.backends`).
     """
 
     def __init__(self, epsilon=LAYER_NORM_EPSILON, **kwargs):
@@ -410,6 +411,8 @@ class LayerNorm(keras.layers.LayerNormalization):
     def call(self, inputs):
         if backends.fused_layer_norm_applies(self, inputs):
             return backends.fused_layer_norm(self, inputs)
+        if backends.tflite_layer_norm_applies(self, inputs):
+            return backends.tflite_layer_norm(self, inputs)
         return super().call(inputs)
 
 
@@ -494,6 +497,13 @@ class SelfAttention(keras.layers.MultiHeadAttention):
         attended = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))  # (B, T, heads, head_dim)
         outputs = self.output_dense(attended)  # (B, T, D)
         return (outputs, probabilities) if return_attention_scores else outputs
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        # Called on the query alone (``layer(x)``), the value is the query.
+        super().build(query_shape, query_shape if value_shape is None else value_shape, key_shape)
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return super().compute_output_shape(query_shape, query_shape if value_shape is None else value_shape, key_shape)
 
     def compute_output_spec(self, query, value=None, key=None, **kwargs):
         return super().compute_output_spec(query, query if value is None else value, key, **kwargs)
@@ -726,6 +736,17 @@ class TokenGrid(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.stride = as_pair(stride, "stride")
+
+    def build(self, tokens_shape, images_shape):
+        # No weights: checks that the tokens fill the images' grid, when both sizes are known.
+        num_tokens = tokens_shape[1]
+        grid = self.compute_output_shape(tokens_shape, images_shape)[1:3]
+        if num_tokens is not None and None not in grid and num_tokens != self.num_prefix_tokens + grid[0] * grid[1]:
+            raise ValueError(
+                f"TokenGrid received {num_tokens} tokens for images of {tuple(images_shape[1:3])} pixels; "
+                f"expected {self.num_prefix_tokens} prefix tokens plus one per {self.stride[0]}x{self.stride[1]} "
+                f"cell of the image, {self.num_prefix_tokens + grid[0] * grid[1]} in all."
+            )
 
     def call(self, tokens, images):
         shape = ops.shape(images)

@@ -111,6 +111,9 @@ class VisionTransformer(keras.Model):
             ``model.image_spec`` (:class:`keras_vit.core.image_spec.ImageSpec`).
         class_names: None, or the head's class names (one per class), saved with the
             model and used by export and predict (checkpoints' ``id2label``).
+        source_metadata: None, or a JSON-able dict of what the checkpoint's files said beyond
+            the architecture (timm's ``pretrained_cfg``, Hugging Face's processor settings),
+            kept so that ``save_pretrained`` writes them back as they were read.
         name: model name.
     """
 
@@ -150,6 +153,7 @@ class VisionTransformer(keras.Model):
         crop_fraction=1.0,
         crop_mode="squash",
         class_names=None,
+        source_metadata=None,
         dtype=None,
         name="vit",
         **kwargs,
@@ -193,6 +197,8 @@ class VisionTransformer(keras.Model):
                         f"class_names={class_names!r}; expected None or {num_classes} strings, one per class of the head."
                     )
                 class_names = tuple(class_names)
+            if source_metadata is not None and not isinstance(source_metadata, dict):
+                raise ValueError(f"source_metadata={source_metadata!r}; expected None or a dict.")
             if resnet is not None:
                 stages, width_factor = resnet
                 resnet = (tuple(int(s) for s in stages), float(width_factor))
@@ -305,6 +311,7 @@ class VisionTransformer(keras.Model):
         self.crop_fraction = float(crop_fraction)
         self.crop_mode = crop_mode
         self.class_names = class_names
+        self.source_metadata = source_metadata
         self.grid_size = grid_size
         self.num_prefix_tokens = encoder.num_prefix_tokens
         self.distilled_training = False
@@ -417,6 +424,7 @@ class VisionTransformer(keras.Model):
             "crop_fraction": self.crop_fraction,
             "crop_mode": self.crop_mode,
             "class_names": None if self.class_names is None else list(self.class_names),
+            "source_metadata": self.source_metadata,
             "dtype": self.dtype_policy_name,
             "name": self.name,
         }

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from keras_vit.data.pipelines import scale_pixels
+from keras_vit.ownership import is_marked
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Images larger than this (decoded width x height) are refused before decoding: a small
@@ -60,7 +61,7 @@ def list_image_files(directory):
         raise FileNotFoundError(f"No such folder of images: {directory!r}.")
     found = []
     for root, dirs, files in os.walk(directory):
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if not is_marked(os.path.join(root, name)))  # keras-vit's own outputs
         found += [os.path.join(root, name) for name in sorted(files) if name.lower().endswith(IMAGE_EXTENSIONS)]
     return found
 

@@ -88,7 +88,7 @@ def _as_size(image_size):
 
 
 def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1.0, randaugment=None, mixup=None,
-                  cutmix=None, batch_size=None):
+                  cutmix=None, batch_size=None, random_erasing=None):
     """Checks what the pipelines take before any file is read; returns ``(height, width)``.
 
     Each failure is a ``ValueError`` that starts ``"<name>=<value>; expected ..."`` (the
@@ -116,6 +116,8 @@ def check_options(*, image_size, channels, crop, flip=True, eval_crop_fraction=1
     for name, value in (("mixup", mixup), ("cutmix", cutmix)):
         if value is not None and not (is_number(value) and value > 0):
             refuse(name, value, "null or a positive number (the Beta distribution's alpha)")
+    if random_erasing is not None and not (is_number(random_erasing) and 0 <= random_erasing <= 1):
+        refuse("random_erasing", random_erasing, "null or a probability in [0, 1], e.g. 0.25 (timm's reprob)")
     if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         refuse("batch_size", batch_size, "a positive integer")
     return size
@@ -316,6 +318,7 @@ def _build_pipelines(
     mixup,
     cutmix,
     image_spec,
+    random_erasing,
     shuffle_buffer,
     seed,
     cache,
@@ -330,6 +333,8 @@ def _build_pipelines(
     ``(uint8 image, int label)``.
     """
     import tensorflow as tf
+
+    from keras_vit.data import erasing
 
     autotune = tf.data.AUTOTUNE
     if seed is None:
@@ -376,6 +381,8 @@ def _build_pipelines(
         image = preprocess_for_train(
             image, image_size=image_size, channels=channels, crop=crop, flip=flip, seed=image_seed
         )
+        if random_erasing:  # per image, after scaling, as timm's transforms (before MixUp/CutMix)
+            image = erasing.random_erasing(image, random_erasing, tf.random.experimental.stateless_fold_in(image_seed, 7))
         return image, one_hot(label)
 
     # RandAugment, MixUp and CutMix draw from Keras's seed generators, whose state is not
@@ -419,6 +426,7 @@ def embedded_mnist(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=None,
 ):
     """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
@@ -434,6 +442,8 @@ def embedded_mnist(
         randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
         mixup: None, or the alpha of ``keras.layers.MixUp``.
         cutmix: None, or the factor of ``keras.layers.CutMix``.
+        random_erasing: None, or the probability of timm's RandomErasing (per-pixel
+            noise in one rectangle of each training image; :mod:`keras_vit.data.erasing`).
         seed: shuffling and augmentation seed.
         image_spec: the model's :class:`keras_vit.core.image_spec.ImageSpec`: images
             come out as that model takes them (mean/std, or [0, 255] pixels), resized for
@@ -449,7 +459,7 @@ def embedded_mnist(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
     train, validation, stream = _build_pipelines(
@@ -466,6 +476,7 @@ def embedded_mnist(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=len(x_train),
         seed=seed,
         cache=False,  # Already in memory.
@@ -521,9 +532,13 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
+    from keras_vit.ownership import is_marked
+
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
-    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    # A folder keras-vit wrote (a run, an export: it holds the marker) is never data.
+    found = sorted(d for d in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, d)) and not is_marked(os.path.join(directory, d)))
     if class_names is None:
         class_names = found
         if not class_names:
@@ -538,7 +553,11 @@ def scan_image_folder(directory, class_names=None, *, verbose=True):
     candidates = []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(directory, name)
-        for root, _, files in sorted(os.walk(class_dir)):
+        walked = []
+        for root, folders, files in os.walk(class_dir):
+            folders[:] = [name for name in folders if not is_marked(os.path.join(root, name))]
+            walked.append((root, files))
+        for root, files in sorted(walked):
             candidates += [(os.path.join(root, f), label) for f in sorted(files) if not f.startswith(".")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         problems = list(pool.map(lambda item: _readable_image(item[0]), candidates))
@@ -593,6 +612,7 @@ def image_folder(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=0,
     cache=False,
     shrink_batch=False,
@@ -621,7 +641,7 @@ def image_folder(
     """
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     paths, labels, class_names, skipped = scan_image_folder(directory)
     if len(class_names) < 2:
@@ -674,6 +694,7 @@ def image_folder(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=cache,
@@ -704,6 +725,7 @@ def tfds_dataset(
     mixup=None,
     cutmix=None,
     image_spec=None,
+    random_erasing=None,
     seed=0,
     cache=False,
 ):
@@ -739,7 +761,7 @@ def tfds_dataset(
 
     size = check_options(
         image_size=image_size, channels=channels, crop=crop, flip=flip, eval_crop_fraction=eval_crop_fraction,
-        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size,
+        randaugment=randaugment, mixup=mixup, cutmix=cutmix, batch_size=batch_size, random_erasing=random_erasing,
     )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -793,6 +815,7 @@ def tfds_dataset(
         mixup=mixup,
         cutmix=cutmix,
         image_spec=image_spec,
+        random_erasing=random_erasing,
         shuffle_buffer=min(train_examples, 10_000),
         seed=seed,
         cache=cache,
@@ -837,6 +860,7 @@ def image_folder_dataset(
         mixup=None,
         cutmix=None,
         image_spec=None,
+        random_erasing=None,
         shuffle_buffer=min(len(paths), 10_000),
         seed=seed,
         cache=False,

@@ -102,6 +102,11 @@ def parse_class_names(spec, num_classes):
             f"The model has {num_classes} classes but {source} gives {len(names)} class names; "
             f"give exactly {num_classes} (comma-separated or one per line in a file)."
         )
+    # labels.txt holds one name a line; file names made from a name are made safe where they are written.
+    unusable = [name for name in names if not name.strip() or any(c in name for c in "\n\r\0")]
+    if unusable:
+        raise ValueError(f"Class name {unusable[0]!r} in {source[:200]} is empty or spans lines; each class name must "
+                         f"be one non-empty line of text.")
     return names
 
 
@@ -257,6 +262,9 @@ def _manifest_beside(folder):
     if os.path.isfile(manifest_path):
         with open(manifest_path) as file:
             manifest = json.load(file)
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not the object a keras-vit "
+                             f"manifest is; remove it or export again.")
     labels_path = os.path.join(folder, LABELS_FILENAME)
     if os.path.isfile(labels_path):
         labels = labels_path

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
 import tempfile
 
 import numpy as np
 
-from keras_vit import run_folder
-from keras_vit.files import replaced_atomically, replaced_folder_atomically, write_json
+from keras_vit import ownership, run_folder
+from keras_vit.files import _WRITE_FAILURES, replaced_atomically, replaced_folder_atomically, write_json
 from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, decode_and_resize, list_image_files, read_images
 from keras_vit.deploy.latency import machine, measure_latency, thread_settings
@@ -57,6 +57,8 @@ from keras_vit.deploy.artifacts import (
     takes_pixels,
     tflite_filename,
 )
+
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- inputs
 def export_data(model, images_dir=None, seed=0):
@@ -504,7 +506,8 @@ def _rename_output(onnx_model, new_name):
 
 
 def write_sample_images(images, labels, class_names, directory):
-    """Writes uint8 (N, H, W, C) images as ``<directory>/<class>_<i>.png`` files.
+    """Writes uint8 (N, H, W, C) images as ``<directory>/<class>_<i>.png`` files (the class
+    name made a safe file name: :func:`keras_vit.ownership.safe_filename`).
 
     Returns:
         The list of paths written.
@@ -514,7 +517,9 @@ def write_sample_images(images, labels, class_names, directory):
     os.makedirs(directory, exist_ok=True)
     paths = []
     for index, (image, label) in enumerate(zip(images, labels)):
-        path = os.path.join(directory, f"{class_names[int(label)]}_{index}.png")
+        # A class name is a label, not a path: "../x", "/tmp/x" or "a/b" must not lead out of the folder.
+        stem = ownership.safe_filename(class_names[int(label)], fallback=f"class{int(label)}")
+        path = ownership.path_inside(directory, f"{stem}_{index}.png")
         with replaced_atomically(path) as temporary:
             tf.io.write_file(temporary, tf.io.encode_png(np.asarray(image, dtype="uint8")))
         paths.append(path)
@@ -758,8 +763,11 @@ def export_model(
         top_k: k of the SavedModel bytes signature's top-k outputs.
         opset: ONNX opset (>= 17).
         tolerances: overrides of ``DEFAULT_TOLERANCES``.
-        overwrite: replace artifacts that already exist in ``output_dir``; otherwise an
-            existing one is an error, raised before anything is written.
+        overwrite: replace the export already in ``output_dir`` (a folder keras-vit marked
+            as an export and holding nothing else; see :mod:`keras_vit.ownership`); otherwise
+            an existing export is an error, raised before anything is written. The new export
+            is built beside it and swapped in whole once written, so a failure or a kill
+            leaves the old one as it was (also when a replacement fails verification).
         progress: show a progress bar over the artifacts.
         max_pixels: largest decoded width x height the SavedModel's bytes signature accepts.
         latency_runs: timed batch-1 runs per file and thread setting (median kept, in
@@ -779,7 +787,6 @@ def export_model(
             message names each such artifact (the manifest is written first).
     """
     import keras
-    import tensorflow as tf
 
     formats = parse_formats(formats)
     precisions = [p.strip() for p in tflite_precisions.split(",")] if isinstance(tflite_precisions, str) else list(tflite_precisions)
@@ -821,15 +828,119 @@ def export_model(
     planned += [("tflite", precision, tflite_filename(precision)) for precision in precisions]
     if "onnx" in formats:
         planned.append(("onnx", "float32", ONNX_FILENAME))
-    extras = [LABELS_FILENAME, MANIFEST_FILENAME] + ([SAMPLES_DIRNAME] if data.get("samples") is not None else [])
-    existing = [name for name in [p[2] for p in planned] + extras if os.path.exists(os.path.join(output_dir, name))]
-    if existing and not overwrite:
+    target, replaced = _export_target(output_dir, overwrite)  # refused here, before any file is written
+    staging = _staging_folder(target)
+    try:
+        manifest, failures = _write_export(
+            model, staging, os.path.abspath(output_dir), planned=planned, formats=formats, class_names=class_names,
+            data=data, model_path=model_path, top_k=top_k, opset=opset, tolerances=tolerances, progress=progress,
+            latency_runs=latency_runs, max_pixels=max_pixels,
+        )
+        if failures and replaced is not None:
+            raise RuntimeError(
+                f"{len(failures)} artifact(s) failed verification; the previous export in {output_dir} is left as "
+                f"it was: " + "; ".join(failures)
+            )
+        parent, name = os.path.split(target)
+        if (ownership.read_marker(parent) or {}).get("kind") == "run":
+            ownership.record(parent, name)  # a run's export goes with the run (train --overwrite)
+        left = ownership.put_in_place(staging, target, replaced)
+    except OSError as error:
+        raise _refused(error, output_dir, replaced) from error
+    finally:
+        _discard(staging)
+    if left:
+        logger.warning("Kept files keras-vit did not write in the replaced export: %s in %s",
+                       ownership.describe(left), staging)
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} artifact(s) failed verification (details in "
+            f"{os.path.join(output_dir, MANIFEST_FILENAME)}): " + "; ".join(failures)
+        )
+    return manifest
+
+
+def _export_target(output_dir, overwrite):
+    """``(real path, what keras-vit owns there)`` for an export to ``output_dir``: None when
+    there is nothing to replace. Raises ValueError (one line) for a folder that must not be
+    replaced: an existing export without ``overwrite``, a folder keras-vit did not create
+    (whatever it holds), or an export holding files keras-vit did not write."""
+    target = ownership.real_folder(output_dir)  # a linked folder is written where it points
+    if not os.path.exists(target):
+        return target, None
+    if not os.path.isdir(target):
+        raise ValueError(f"{output_dir!r} is a file, not a folder; choose another output folder (--output DIR).")
+    held, marked = ownership.entries(target), ownership.is_marked(target)
+    if not held and not marked:
+        return target, None  # an empty folder: the export is renamed onto it
+    mine = ownership.owned(target, "export", _legacy_export)
+    if mine is None and not marked:
         raise ValueError(
-            f"{output_dir} already holds {existing}; pass overwrite=True (--overwrite) to replace "
+            f"{output_dir} already holds {held[:5]} and is not a keras-vit export folder (no {ownership.MARKER}): "
+            f"nothing in it is replaced, even with --overwrite; choose another output folder (--output DIR)."
+        )
+    if mine is not None and not overwrite:
+        raise ValueError(
+            f"{output_dir} already holds {held}; pass overwrite=True (--overwrite) to replace "
             f"them or choose another output folder (--output DIR)."
         )
-    os.makedirs(output_dir, exist_ok=True)
+    ownership.refuse_unless_replaceable(target, "export", mine, choose="choose another output folder (--output DIR)")
+    return target, mine
 
+
+def _legacy_export(folder):
+    """An export written before the marker: a keras-vit manifest.json listing every entry there."""
+    try:
+        with open(os.path.join(folder, MANIFEST_FILENAME)) as file:
+            manifest = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or "keras_vit_version" not in manifest or not isinstance(manifest.get("artifacts"), list):
+        return None
+    listed = {MANIFEST_FILENAME, LABELS_FILENAME} | {entry.get("file") for entry in manifest["artifacts"] if isinstance(entry, dict)}
+    listed |= {SAMPLES_DIRNAME} if manifest.get("samples") else set()
+    return listed if set(os.listdir(folder)) <= listed else None
+
+
+def _staging_folder(target):
+    """A fresh marked folder beside ``target`` where the export is built (one a killed export left is emptied)."""
+    parent, name = os.path.split(target)
+    staging = os.path.join(parent, f".{name}.export-tmp")
+    if os.path.lexists(staging):
+        _discard(staging)
+        if os.path.lexists(staging):
+            raise ValueError(f"{staging!r} holds files keras-vit did not write; move it away to export to {target!r}.")
+    os.makedirs(staging)
+    ownership.mark(staging, "export")
+    return staging
+
+
+def _discard(staging):
+    # What keras-vit wrote there: an unfinished export, or the old one swapped out.
+    if os.path.isdir(staging) and not os.path.islink(staging):
+        ownership.remove_owned(staging, ownership.owned(staging, "export") or set())
+
+
+def _refused(error, output_dir, replaced):
+    """A write the system refused while exporting, as one line naming the output folder."""
+    if error.errno not in _WRITE_FAILURES:
+        return error
+    kept = "the previous export there is left as it was" if replaced is not None else "nothing was put there"
+    return OSError(error.errno, f"{os.strerror(error.errno)} while exporting ({kept})", os.fspath(output_dir))
+
+
+def _write_export(model, output_dir, export_dir, *, planned, formats, class_names, data, model_path, top_k, opset,
+                  tolerances, progress, latency_runs, max_pixels):
+    """Writes and verifies every planned artifact, ``labels.txt``, the samples and the
+    manifest into ``output_dir`` (a fresh staging folder: nothing from an earlier export is
+    there to be read), each entry recorded in its marker before it is written. Returns
+    ``(manifest, failures)``."""
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = model_input_spec(model)
+    output_kind = model_output_kind(model)
+    num_classes = int(model.outputs[0].shape[-1])
     verification = np.asarray(data["verification"], dtype="float32")
     labels = data.get("verification_labels")
     reference = np.asarray(model.predict(verification, batch_size=64, verbose=0), dtype="float32")
@@ -843,10 +954,9 @@ def export_model(
         float_savedmodel = None
         for fmt, precision, name in planned:
             path = os.path.join(output_dir, name)
+            ownership.record(output_dir, name)
             entry = {"format": fmt, "precision": precision, "file": name, "input": input_spec}
             try:
-                if os.path.exists(path):  # only reached with overwrite=True
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
                 if fmt == "savedmodel":
                     export_savedmodel(model, path, class_names, top_k, max_pixels)
                     entry["signatures"] = {
@@ -901,13 +1011,12 @@ def export_model(
             if steps is not None:
                 steps.add(1)
 
+    ownership.record(output_dir, LABELS_FILENAME, MANIFEST_FILENAME, *([SAMPLES_DIRNAME] if data.get("samples") is not None else []))
     with replaced_atomically(os.path.join(output_dir, LABELS_FILENAME)) as temporary, open(temporary, "w") as file:
         file.write("\n".join(class_names) + "\n")
     samples = []
     if data.get("samples") is not None:
         samples_dir = os.path.join(output_dir, SAMPLES_DIRNAME)
-        if os.path.isdir(samples_dir):
-            shutil.rmtree(samples_dir)
         paths = write_sample_images(data["samples"], data["sample_labels"], class_names, samples_dir)
         samples = [os.path.relpath(p, output_dir) for p in paths]
     latency = None
@@ -931,7 +1040,7 @@ def export_model(
         "keras_vit_version": __version__,
         "tensorflow_version": tf.__version__,
         "source_model": os.path.abspath(model_path) if model_path else model.name,
-        "export_dir": os.path.abspath(output_dir),
+        "export_dir": export_dir,
         "image_size": [height, width],
         "channels": channels,
         "input_range": input_range,
@@ -951,12 +1060,7 @@ def export_model(
         "samples": samples,
     }
     write_json(os.path.join(output_dir, MANIFEST_FILENAME), manifest)
-    if failures:
-        raise RuntimeError(
-            f"{len(failures)} artifact(s) failed verification (details in "
-            f"{os.path.join(output_dir, MANIFEST_FILENAME)}): " + "; ".join(failures)
-        )
-    return manifest
+    return manifest, failures
 
 
 def _ms(entry, label):

@@ -14,6 +14,7 @@ import keras
 
 from keras_vit.files import replaced_atomically, save_model, write_json
 from keras_vit.run_folder import RunFolder
+from keras_vit.training.ema import averaged_weights
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
@@ -81,6 +82,7 @@ class Checkpoints(keras.callbacks.Callback):
     """Saves ``checkpoints/last.keras`` every epoch and ``best.keras`` when ``val_accuracy``
     improves, each atomically: a kill mid-save leaves the previous file whole. Both hold the
     model alone: the optimizer's state, needed only to resume, is in ``backup/``.
+    With a weight average (``ema_decay``) they hold the averaged weights.
 
     Args:
         run: the run folder.
@@ -93,11 +95,12 @@ class Checkpoints(keras.callbacks.Callback):
         self.best = best_val_accuracy
 
     def on_epoch_end(self, epoch, logs=None):
-        save_model(self.model, self.run.last_checkpoint, include_optimizer=False)
-        accuracy = (logs or {}).get("val_accuracy")
-        if accuracy is not None and (self.best is None or accuracy > self.best):
-            self.best = float(accuracy)
-            save_model(self.model, self.run.best_checkpoint, include_optimizer=False)
+        with averaged_weights(self.model):  # with ema_decay, the checkpoints hold the average
+            save_model(self.model, self.run.last_checkpoint, include_optimizer=False)
+            accuracy = (logs or {}).get("val_accuracy")
+            if accuracy is not None and (self.best is None or accuracy > self.best):
+                self.best = float(accuracy)
+                save_model(self.model, self.run.best_checkpoint, include_optimizer=False)
 
 
 class Preempted(Exception):

@@ -26,6 +26,7 @@ RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "on", "off")
+DISTILLATION_KINDS = ("hard", "soft")
 EMBEDDED_DATASET = "mnist"
 WARMUP_FRACTION = 0.1
 
@@ -70,6 +71,7 @@ class DataConfig:
         :mod:`keras_vit.data` (crop defaults to ``"translate"`` and flip to off for
         digits, ``"inception"`` and on otherwise; eval_crop_fraction, when given, becomes
         the model's ``crop_fraction``, else it is the model's).
+    random_erasing: probability of timm's RandomErasing (per-pixel noise), or null.
     """
 
     dataset: str = EMBEDDED_DATASET
@@ -86,6 +88,7 @@ class DataConfig:
     randaugment: Optional[list] = None
     mixup: Optional[float] = None
     cutmix: Optional[float] = None
+    random_erasing: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -163,6 +166,16 @@ class OptimizationConfig:
     learning_rate, weight_decay, label_smoothing: recipe defaults.
     warmup_epochs: linear warm-up length (default 10% of the epochs).
     clipnorm: global-norm gradient clipping (1.0 as in the paper; 0 disables).
+    ema_decay: keep timm's exponential moving average of the weights with this decay;
+        the average is what is validated, saved and exported (null: off).
+    layer_decay: layer-wise learning-rate decay (BEiT/timm): block ``i`` of ``L`` learns
+        at ``layer_decay ** (L - i)`` times the rate; also no weight decay on biases,
+        norms, tokens and position embeddings (null: off).
+    teacher: a ``.keras`` classifier of the same classes to distil from (DeiT); the
+        student is built with a distillation token.
+    distillation: ``"hard"`` (the teacher's argmax) or ``"soft"`` (KL at ``distillation_tau``).
+    distillation_alpha, distillation_tau: DeiT's weight of the distillation loss and
+        temperature (0.5 and 1.0).
     """
 
     recipe: Optional[str] = None
@@ -175,6 +188,12 @@ class OptimizationConfig:
     label_smoothing: Optional[float] = None
     warmup_epochs: Optional[float] = None
     clipnorm: float = 1.0
+    ema_decay: Optional[float] = None
+    layer_decay: Optional[float] = None
+    teacher: Optional[str] = None
+    distillation: Optional[str] = None
+    distillation_alpha: float = 0.5
+    distillation_tau: float = 1.0
 
 
 @dataclasses.dataclass
@@ -467,6 +486,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     _checked(
         check_options, image_size=model.image_size, channels=model.channels, crop=data.crop, flip=data.flip,
         eval_crop_fraction=data.eval_crop_fraction, randaugment=data.randaugment, mixup=data.mixup, cutmix=data.cutmix,
+        random_erasing=data.random_erasing,
     )
     if data.randaugment is not None:
         data.randaugment = [int(data.randaugment[0]), float(data.randaugment[1])]
@@ -507,6 +527,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         _fail("warmup_epochs", optimization.warmup_epochs, f"a number in [0, epochs={optimization.epochs})")
     if not (is_number(optimization.clipnorm) and optimization.clipnorm >= 0):
         _fail("clipnorm", optimization.clipnorm, "a number >= 0 (0 disables clipping)")
+    _check_fine_tuning_tools(optimization)
 
     # hardware
     if hardware.strategy not in STRATEGIES:
@@ -552,6 +573,31 @@ def _fill_from_checkpoint(model: ModelConfig, options_only=False) -> bool:
         if getattr(model, field) is None:
             setattr(model, field, value)
     return True
+
+
+def _check_fine_tuning_tools(optimization: OptimizationConfig):
+    # Checked here, before Keras loads: the tools' own modules import it.
+    from keras_vit.training.layer_decay import check_layer_decay
+
+    ema_decay = optimization.ema_decay
+    if ema_decay is not None and not (is_number(ema_decay) and 0 < ema_decay < 1):
+        _fail("ema_decay", ema_decay, "null or a number in (0, 1), e.g. 0.9998 (timm's default for ViTs)")
+    _checked(check_layer_decay, value=optimization.layer_decay)
+    teacher, kind = optimization.teacher, optimization.distillation
+    if teacher is not None and (not isinstance(teacher, str) or not teacher):
+        _fail("teacher", teacher, "null or the path of a .keras classifier (or a run folder)")
+    if teacher is not None and not os.path.exists(teacher):
+        raise FileNotFoundError(f"Invalid configuration: teacher={teacher!r} does not exist.")
+    if kind is not None and kind not in DISTILLATION_KINDS:
+        _fail("distillation", kind, f"null or one of {list(DISTILLATION_KINDS)}")
+    if kind is not None and teacher is None:
+        _fail("distillation", kind, "to be given with teacher (a .keras classifier to distil from)")
+    if teacher is not None and kind is None:
+        optimization.distillation = "hard"  # DeiT's better one
+    if not (is_number(optimization.distillation_alpha) and 0 <= optimization.distillation_alpha <= 1):
+        _fail("distillation_alpha", optimization.distillation_alpha, "a number in [0, 1] (DeiT: 0.5)")
+    if not (is_number(optimization.distillation_tau) and optimization.distillation_tau > 0):
+        _fail("distillation_tau", optimization.distillation_tau, "a positive number (DeiT: 1.0)")
 
 
 def run_directory(config: TrainConfig) -> str:

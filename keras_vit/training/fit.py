@@ -31,6 +31,8 @@ from keras_vit.training.callbacks import (
     read_backup,
 )
 from keras_vit.training.config import TrainConfig, resolve_config
+from keras_vit.training.distillation import attach_teacher, load_teacher
+from keras_vit.training.ema import AveragedValidation, use_averaged_weights
 from keras_vit.training.recipes import (
     accelerator,
     accumulation_steps,
@@ -76,6 +78,10 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
     if config.strategy == "multiworker" or (config.strategy == "auto" and multiworker_requested()):
         from keras_vit.training import multiworker
 
+        used = [field for field in ("ema_decay", "layer_decay", "teacher") if getattr(config, field) is not None]
+        if used:
+            raise ValueError(f"Invalid configuration: {', '.join(used)} are not supported by the multi-worker loop yet; "
+                             f"train on one machine (strategy 'default' or 'mirrored').")
         return multiworker.train(config, resume=resume, overwrite=overwrite, verbose=verbose)
     run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite)
     try:
@@ -112,6 +118,9 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         )
     steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
     updates_per_epoch = max(1, steps_per_epoch // accumulation)
+    # The teacher is checked against the data's classes before the run folder is written.
+    teacher = None if config.teacher is None else load_teacher(
+        config.teacher, class_names=datasets.class_names, channels=config.channels)
     policy = resolve_precision(config.precision, device)
     jit_compile = resolve_jit_compile(config.jit_compile, device)
 
@@ -123,11 +132,16 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
     try:
         with strategy.scope():
             model = build_model(config, datasets.num_classes, datasets.class_names)
-            optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas)
+            optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas, model=model)
             compile_model(model, config, optimizer, jit_compile=jit_compile)
+            if teacher is not None:
+                attach_teacher(model, teacher, kind=config.distillation, alpha=config.distillation_alpha,
+                               tau=config.distillation_tau, label_smoothing=config.label_smoothing)
             epoch, step = _restore(run, model) if resuming else (0, 0)
         backup = Backup(run, initial_step=step)
         callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
+        if config.ema_decay:
+            callbacks.insert(0, AveragedValidation())  # validation sees the average, as timm's EMA model
         callbacks.append(StopOnSigterm(run, backup, sigterm, steps_per_epoch, config.epochs))  # last: see its doc
         if verbose and config.weights is None and config.image_folder is not None:
             print(f"Training {model.name} from scratch; starting from pretrained weights is the better road for "
@@ -167,6 +181,7 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
                 f"Training stopped: {error}; {kept}. Lower learning_rate (now {config.learning_rate}) "
                 f"or check the data, then train again with --overwrite."
             ) from None
+        use_averaged_weights(model)  # the average is what is saved and exported (no-op without ema_decay)
         return lifecycle.finish(
             run, model, datasets=datasets, steps_per_epoch=steps_per_epoch, global_batch=global_batch,
             previous_rows=previous_rows, resuming=resuming,
@@ -228,7 +243,8 @@ def evaluate(path, *, config: Optional[TrainConfig] = None, batch_size=None, ver
             pixel_mean=list(spec.mean), pixel_std=list(spec.std), interpolation=spec.interpolation,
             crop_fraction=spec.crop_fraction, crop_mode=spec.crop_mode, eval_crop_fraction=None,
         )
-    config = resolve_config(config.replace(output=config.output or "unused"))
+    # (the teacher trained the run; evaluating needs neither it nor its file)
+    config = resolve_config(config.replace(output=config.output or "unused", teacher=None, distillation=None))
     datasets = build_datasets(config, batch_size or config.batch_size)
     expected_input = (config.image_size, config.image_size, config.channels)
     if tuple(model.input_shape[1:]) != expected_input:

@@ -30,6 +30,7 @@ def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
     ``decide=False`` (a non-chief worker) opens the same folder without judging or locking it.
     """
     run = RunFolder(run_directory(config))
+    refuse_output_inside_data(config)
     if not decide:
         return (run.replacement() if overwrite and run.is_run() else run), False
     canonical = lambda saved: TrainConfig.from_dict(saved).to_dict()  # noqa: E731  (flat files of earlier versions)
@@ -45,6 +46,20 @@ def start(config: TrainConfig, *, resume=False, overwrite=False, decide=True):
     except BaseException:
         run.unlock()
         raise
+
+
+def refuse_output_inside_data(config: TrainConfig) -> None:
+    """Refuses a run folder inside the folders it trains or validates on: its own files
+    (curves, sample images of an export) would be read as images of a class next time."""
+    output = os.path.realpath(run_directory(config))
+    for field in ("image_folder", "validation_folder"):
+        folder = getattr(config, field)
+        if folder and os.path.commonpath([output, os.path.realpath(folder)]) == os.path.realpath(folder):
+            raise ValueError(
+                f"The run folder {run_directory(config)!r} (--output) is inside the {field} {folder!r} "
+                f"(--{field.replace('_', '-')}): its files would become training images. Choose an --output "
+                f"outside {folder!r}."
+            )
 
 
 def begin(run: RunFolder, config: TrainConfig, class_names: List[str], *, resuming: bool, overwrite: bool):

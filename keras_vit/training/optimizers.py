@@ -26,6 +26,66 @@ def _fused_update_applies(gradient, variable) -> bool:
     return not isinstance(gradient, tf.IndexedSlices) and variable.dtype in (tf.float32, tf.float64, tf.float16, tf.bfloat16)
 
 
+class _FineTuning:
+    """Per-variable learning-rate scales (layer-wise decay) and timm's weight average.
+
+    ``learning_rate_scales``: ``{variable path: scale}`` (see
+    :mod:`keras_vit.training.layer_decay`); a variable learns, and decays, at
+    ``learning_rate * scale``, as a PyTorch parameter group with ``lr_scale`` does. The
+    scale multiplies the learning rate, not the gradient, which Adam would normalise away.
+
+    With ``use_ema=True`` the average follows timm's ``ModelEmaV2``: it starts at the
+    weights before the first update, and after each update (not each accumulated
+    micro-batch) ``average = ema_momentum * average + (1 - ema_momentum) * weights``.
+    ``finalize_variable_values`` leaves the weights alone (Keras would copy the average
+    in at the end of each ``fit``, and a run resumed mid-epoch fits twice);
+    :mod:`keras_vit.training.ema` swaps the average in where it is evaluated and saved.
+    """
+
+    def __init__(self, *args, learning_rate_scales=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate_scales = dict(learning_rate_scales) if learning_rate_scales else None
+        self._scales_by_index = []
+
+    def build(self, variables):
+        super().build(variables)
+        if self.learning_rate_scales:
+            self._scales_by_index = [self.learning_rate_scales.get(variable.path, 1.0) for variable in variables]
+
+    def learning_rate_scale(self, variable) -> float:
+        if not self._scales_by_index:
+            return 1.0
+        return self._scales_by_index[self._get_variable_index(variable)]
+
+    def scaled_learning_rate(self, learning_rate, variable):
+        scale = self.learning_rate_scale(variable)
+        return learning_rate if scale == 1.0 else learning_rate * scale
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.use_ema:  # the average starts at the weights before the first update (Keras's at zero)
+            def start_average():
+                for variable, average in zip(self._trainable_variables, self._model_variables_moving_average):
+                    average.assign(keras.ops.cast(variable, average.dtype))
+
+            keras.ops.cond(keras.ops.equal(self._iterations, 0), start_average, lambda: None)
+        return super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        momentum = keras.ops.convert_to_tensor(self.ema_momentum, "float32")
+        if self.gradient_accumulation_steps:  # the weights changed only on an update step
+            is_update = keras.ops.equal((self._iterations + 1) % self.gradient_accumulation_steps, 0)
+            momentum = keras.ops.where(is_update, momentum, 1.0)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            decay = keras.ops.cast(momentum, average.dtype)
+            average.assign(decay * average + (1.0 - decay) * keras.ops.cast(variable, average.dtype))
+
+    def finalize_variable_values(self, var_list):
+        pass
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_scales": self.learning_rate_scales}
+
+
 class _FusedWeightDecay:
     """Decoupled weight decay ``w -= w * (lr * wd)``: one scalar multiply per variable."""
 
@@ -34,26 +94,28 @@ class _FusedWeightDecay:
             return super()._apply_weight_decay(variables)
         import tensorflow as tf
 
-        def decay(variable):
+        def decay(variable, scale):
             if self._use_weight_decay(variable):
-                variable.assign_sub(variable * tf.cast(self.learning_rate * self.weight_decay, variable.dtype))
+                variable.assign_sub(variable * tf.cast(self.learning_rate * self.weight_decay * scale, variable.dtype))
 
         def decay_all(distribution, variables):
             for variable in variables:
+                scale = self.learning_rate_scale(variable)
                 # The strategy hands each replica's copy of a mirrored variable to decay().
                 if isinstance(variable, keras.Variable):
                     variable = variable.value
-                distribution.extended.update(variable, decay, group=False)
+                distribution.extended.update(variable, decay, args=(scale,), group=False)
 
         tf.__internal__.distribute.interim.maybe_merge_call(decay_all, self._distribution_strategy, variables)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class AdamW(_FusedWeightDecay, keras.optimizers.AdamW):
+class AdamW(_FineTuning, _FusedWeightDecay, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` (same arguments, same math) whose per-variable update is
     TensorFlow's fused ``ResourceApplyAdam`` kernel on the TensorFlow backend."""
 
     def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self.scaled_learning_rate(learning_rate, variable)
         if self.amsgrad or not _fused_update_applies(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
@@ -80,12 +142,13 @@ class AdamW(_FusedWeightDecay, keras.optimizers.AdamW):
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class SGD(_FusedWeightDecay, keras.optimizers.SGD):
+class SGD(_FineTuning, _FusedWeightDecay, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` (same arguments, same math) whose per-variable update is
     TensorFlow's fused ``ResourceApplyKerasMomentum`` / ``ResourceApplyGradientDescent``
     kernel on the TensorFlow backend."""
 
     def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self.scaled_learning_rate(learning_rate, variable)
         if not _fused_update_applies(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf

@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from keras_vit.training import optimizers
+from keras_vit.training import layer_decay, optimizers
 from keras_vit.training.config import EMBEDDED_DATASET, RECIPE_DEFAULTS, STRATEGIES, TrainConfig
 
 # --------------------------------------------------------------------------- hardware
@@ -127,6 +127,7 @@ def build_datasets(config: TrainConfig, global_batch_size: int):
         randaugment=source.randaugment,
         mixup=source.mixup,
         cutmix=source.cutmix,
+        random_erasing=source.random_erasing,
         seed=config.hardware.seed,
     )
     if source.image_folder is not None:
@@ -163,6 +164,8 @@ def build_model(config: TrainConfig, num_classes: int, class_names=None):
     keras.utils.set_random_seed(config.hardware.seed)
     arguments = {key: value for key, value in dataclasses.asdict(config.model).items() if value is not None}
     weights, variant = arguments.pop("weights", None), arguments.pop("variant", None)
+    if config.optimization.teacher is not None:
+        arguments["distillation_token"] = True  # DeiT's student: the token the teacher trains
     if arguments.get("resnet") is not None:
         arguments["resnet"] = (tuple(arguments["resnet"][0]), arguments["resnet"][1])
     arguments.update(num_classes=num_classes, class_names=None if class_names is None else list(class_names))
@@ -188,7 +191,7 @@ def learning_rate_schedule(config: TrainConfig, updates_per_epoch: int):
     )
 
 
-def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: int = 1, replicas: int = 1):
+def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: int = 1, replicas: int = 1, model=None):
     """The recipe's optimizer: AdamW (scratch) or SGD with momentum 0.9 (fine-tune), from
     :mod:`keras_vit.optimizers` (Keras's update in TensorFlow's fused kernels).
 
@@ -196,6 +199,9 @@ def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: i
     :func:`learning_rate_schedule`; with ``accumulation > 1`` the optimizer averages that
     many micro-batch gradients per update (Keras's ``gradient_accumulation_steps``).
     With ``replicas > 1`` the clipping applies to the all-reduced gradient.
+    ``ema_decay`` keeps an average of ``model``'s weights and ``layer_decay`` scales each
+    of its variables' learning rate (:mod:`keras_vit.training.layer_decay`); the latter
+    needs ``model``.
     """
     schedule = learning_rate_schedule(config, updates_per_epoch)
     if accumulation > 1:
@@ -208,9 +214,21 @@ def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: i
     else:
         common["global_clipnorm"] = config.clipnorm or None
         sgd_class, adamw_class = optimizers.SGD, optimizers.AdamW
+    if config.ema_decay:
+        common.update(use_ema=True, ema_momentum=config.ema_decay)
+    if config.layer_decay is not None:
+        if model is None:
+            raise ValueError("layer_decay needs the model: call build_optimizer(..., model=model).")
+        common["learning_rate_scales"] = layer_decay.learning_rate_scales(model, config.layer_decay)
     if sgd:
-        return sgd_class(momentum=0.9, weight_decay=config.weight_decay or None, **common)
-    return adamw_class(weight_decay=config.weight_decay, **common)
+        optimizer = sgd_class(momentum=0.9, weight_decay=config.weight_decay or None, **common)
+    else:
+        optimizer = adamw_class(weight_decay=config.weight_decay, **common)
+    if config.layer_decay is not None and optimizer.weight_decay:  # timm's no_weight_decay, with its param groups
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in model.trainable_variables if not layer_decay.uses_weight_decay(v)]
+        )
+    return optimizer
 
 
 def compile_model(model, config: TrainConfig, optimizer, jit_compile=False):

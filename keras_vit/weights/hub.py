@@ -23,10 +23,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from keras_vit.core.config import as_pair
+from keras_vit.core.config import CROP_MODES, INTERPOLATIONS, as_pair
 from keras_vit.core.layers import resample_grid
 from keras_vit.core.models import VisionTransformer
-from keras_vit.weights import npz
+from keras_vit.weights import metadata, npz
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ _HF_GELUS = {"gelu": "exact", "gelu_python": "exact", "gelu_new": "tanh", "gelu_
 
 # --------------------------------------------------------------------------- reading files
 def _read_json(path):
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path!r} is not valid JSON ({error}).") from error
+    return metadata.read_json_object(path)
 
 
 def read_safetensors(path) -> Dict[str, np.ndarray]:
@@ -226,36 +222,76 @@ def huggingface_to_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dic
 
 
 # --------------------------------------------------------------------------- configurations
-def _timm_arguments(config: dict, tensors) -> dict:
-    """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
-    model_args = dict(config.get("model_args") or {})
-    pretrained = config.get("pretrained_cfg") or {}
-    architecture = str(config.get("architecture", ""))
-    if not architecture.startswith(("vit_", "deit_", "deit3_")) or "hybrid" in architecture or "resnet" in architecture:
+# PIL's resampling numbers (Hugging Face's processors) <-> interpolation names (timm's, the model's).
+_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}
+
+
+def _input_settings(kind, document) -> dict:
+    """The model's resize and crop (``interpolation``, ``crop_fraction``, ``crop_mode``) from
+    timm's ``pretrained_cfg`` or Hugging Face's processor; a value the model cannot take
+    leaves the library's default (the source itself is kept in ``source_metadata``)."""
+    if kind == "timm":  # timm's defaults: bicubic, crop_pct 0.875, "center"
+        interpolation, crop, mode = document.get("interpolation"), document.get("crop_pct"), document.get("crop_mode")
+        defaults = ("bicubic", 0.875, "center")
+    else:  # ViTImageProcessor resizes the whole image to its size (bilinear by default), no crop
+        interpolation = {v: k for k, v in _PIL_RESAMPLE.items()}.get(document.get("resample"))
+        crop, mode, defaults = None, None, ("bilinear", 1.0, "squash")
+    crop_ok = isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1
+    return dict(
+        interpolation=interpolation if interpolation in INTERPOLATIONS else defaults[0],
+        crop_fraction=float(crop) if crop_ok else defaults[1],
+        crop_mode=mode if mode in CROP_MODES else defaults[2],
+    )
+
+
+def _timm_gelu(model_args, path):
+    activation = model_args.get("act_layer", "gelu")
+    if activation not in ("gelu", "gelu_tanh"):
+        raise metadata.refuse(f"{path} model_args", "act_layer", activation, "'gelu' or 'gelu_tanh'")
+    return "exact" if activation == "gelu" else "tanh"
+
+
+def _timm_num_heads(model_args, architecture, path) -> int:
+    if "num_heads" in model_args:
+        return metadata.positive_int(model_args, "num_heads", f"{path} model_args")
+    size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
+    if size is None:
         raise ValueError(
-            f"timm architecture {architecture!r} is not a plain Vision Transformer that keras_vit reads "
-            f"(vit_*, deit_*, deit3_*)."
+            f"Cannot tell the attention heads of timm architecture {architecture!r} ({path}): no "
+            f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
         )
-    patch_weight = tensors["patch_embed.proj.weight"]
-    hidden_size, channels, ph, pw = patch_weight.shape
-    num_heads = model_args.get("num_heads")
-    if num_heads is None:
-        size = next((word for word in architecture.split("_") if word in _TIMM_HEADS), None)
-        if size is None:
-            raise ValueError(
-                f"Cannot tell the attention heads of timm architecture {architecture!r}: its config has no "
-                f"model_args.num_heads and the name holds none of {list(_TIMM_HEADS)}."
-            )
-        num_heads = _TIMM_HEADS[size]
+    return _TIMM_HEADS[size]
+
+
+def _timm_image_size(model_args, pretrained, channels, path) -> tuple:
+    if "img_size" in model_args:
+        return metadata.size_pair(model_args, "img_size", f"{path} model_args", None)
+    return metadata.size_pair(pretrained, "input_size", f"{path} pretrained_cfg", [channels, 224, 224], 3)
+
+
+def _timm_arguments(config: dict, folder, tensors) -> dict:
+    """VisionTransformer arguments of a timm repository (model_args, else names and shapes)."""
+    path = os.path.join(folder, CONFIG_FILENAME)
+    model_args = metadata.optional_dict(config, "model_args", path)
+    pretrained = metadata.optional_dict(config, "pretrained_cfg", path)
+    architecture = metadata.string(config, "architecture", path, "")
+    if not architecture.startswith(("vit_", "deit_", "deit3_")) or "hybrid" in architecture or "resnet" in architecture:
+        raise metadata.refuse(path, "architecture", architecture, "a plain timm Vision Transformer (vit_*, deit_*, deit3_*)")
+    weights_path = os.path.join(folder, WEIGHTS_FILENAME)
+    metadata.check_tensors(tensors, metadata.TIMM_RANKS, weights_path)
+    hidden_size, channels, ph, pw = tensors["patch_embed.proj.weight"].shape
+    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):  # (1, tokens, width)
+        metadata.check_axis(tensors, name, -1, hidden_size, weights_path, f"(1, tokens, {hidden_size})")
+    num_heads = _timm_num_heads(model_args, architecture, path)
     depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    image_size = model_args.get("img_size") or (pretrained.get("input_size") or [channels, 224, 224])[1:]
+    image_size = _timm_image_size(model_args, pretrained, channels, path)
     global_pool = model_args.get("global_pool", config.get("global_pool", "token"))
     if global_pool not in ("token", "avg"):
-        raise ValueError(f"timm global_pool={global_pool!r} is not supported; keras_vit pools 'token' or 'avg'.")
+        raise metadata.refuse(path, "global_pool", global_pool, "'token' or 'avg' (the pools keras_vit has)")
     has_class_token = "cls_token" in tensors
     if global_pool == "token" and not has_class_token:
-        raise ValueError("timm global_pool='token' without a cls_token: nothing to pool.")
-    grid = (as_pair(image_size, "img_size")[0] // ph) * (as_pair(image_size, "img_size")[1] // pw)
+        raise ValueError(f"{path}: global_pool='token' but {WEIGHTS_FILENAME} has no cls_token to pool.")
+    grid = (image_size[0] // ph) * (image_size[1] // pw)
     prefix = int(has_class_token) + int("dist_token" in tensors) + (
         tensors["reg_token"].shape[1] if "reg_token" in tensors else 0
     )
@@ -273,67 +309,94 @@ def _timm_arguments(config: dict, tensors) -> dict:
         representation_size=int(tensors["pre_logits.fc.weight"].shape[0]) if "pre_logits.fc.weight" in tensors else None,
         position_embedding="learned" if pos_tokens is not None else "none",
         layer_norm_epsilon=1e-6,
-        gelu="exact",
+        gelu=_timm_gelu(model_args, path),
         # The initial value matters only to a fresh model; the checkpoint's gammas replace it.
-        layer_scale_init=None if layer_scale is None else float(model_args.get("init_values") or 1e-5),
+        layer_scale_init=None if layer_scale is None else metadata.positive_number(
+            {"init_values": model_args.get("init_values") or 1e-5}, "init_values", f"{path} model_args", None),
         num_register_tokens=int(tensors["reg_token"].shape[1]) if "reg_token" in tensors else 0,
         distillation_token="dist_token" in tensors,
         norm_after_pooling="fc_norm.weight" in tensors,
         patch_position_embedding_only=pos_tokens is not None and pos_tokens == grid and prefix > 0,
-        pixel_mean=tuple(pretrained.get("mean", (0.5, 0.5, 0.5))),
-        pixel_std=tuple(pretrained.get("std", (0.5, 0.5, 0.5))),
+        pixel_mean=metadata.channel_values(pretrained, "mean", f"{path} pretrained_cfg", 0.5, int(channels)),
+        pixel_std=metadata.channel_values(pretrained, "std", f"{path} pretrained_cfg", 0.5, int(channels), positive=True),
         position_resampling="bicubic",
+        source_metadata={"format": "timm", "pretrained_cfg": pretrained},
+        **_input_settings("timm", pretrained),
     )
     if "head.weight" in tensors:
         arguments["num_classes"] = int(tensors["head.weight"].shape[0])
-    labels = config.get("label_names") or pretrained.get("label_names")
+    labels = metadata.string_list(config, "label_names", path) or metadata.string_list(
+        pretrained, "label_names", f"{path} pretrained_cfg")
     if labels and len(labels) == arguments.get("num_classes"):
         arguments["class_names"] = tuple(str(label) for label in labels)
     return arguments
 
 
 def _huggingface_arguments(config: dict, folder, tensors) -> dict:
-    activation = config.get("hidden_act", "gelu")
+    path = os.path.join(folder, CONFIG_FILENAME)
+    activation = metadata.string(config, "hidden_act", path, "gelu")
     if activation not in _HF_GELUS:
-        raise ValueError(
-            f"Hugging Face hidden_act={activation!r} is not supported; keras_vit reads {sorted(_HF_GELUS)}."
-        )
+        raise metadata.refuse(path, "hidden_act", activation, f"one of {sorted(_HF_GELUS)}")
+    metadata.check_tensors(tensors, metadata.HF_RANKS, os.path.join(folder, WEIGHTS_FILENAME))
+    channels = metadata.positive_int(config, "num_channels", path, 3)
     preprocessor = {}
-    path = os.path.join(folder, PREPROCESSOR_FILENAME)
-    if os.path.isfile(path):
-        preprocessor = _read_json(path)
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    if preprocessor.get("do_normalize", True):
-        mean = tuple(preprocessor.get("image_mean", mean))
-        std = tuple(preprocessor.get("image_std", std))
-    else:
-        mean, std = (0.0,) * 3, (1.0,) * 3
-    patch = config.get("patch_size", 16)
+    processor_path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    if os.path.isfile(processor_path):
+        preprocessor = metadata.read_json_object(processor_path)
+    mean, std = (0.0,) * channels, (1.0,) * channels
+    if metadata.boolean(preprocessor, "do_normalize", processor_path, True):
+        mean = metadata.channel_values(preprocessor, "image_mean", processor_path, 0.5, channels)
+        std = metadata.channel_values(preprocessor, "image_std", processor_path, 0.5, channels, positive=True)
     arguments = dict(
-        image_size=as_pair(config.get("image_size", 224), "image_size"),
-        patch_size=as_pair(patch, "patch_size"),
-        hidden_size=int(config.get("hidden_size", 768)),
-        num_layers=int(config.get("num_hidden_layers", 12)),
-        num_heads=int(config.get("num_attention_heads", 12)),
-        mlp_dim=int(config.get("intermediate_size", 3072)),
-        channels=int(config.get("num_channels", 3)),
+        image_size=metadata.size_pair(config, "image_size", path, 224),
+        patch_size=metadata.size_pair(config, "patch_size", path, 16),
+        hidden_size=metadata.positive_int(config, "hidden_size", path, 768),
+        num_layers=metadata.positive_int(config, "num_hidden_layers", path, 12),
+        num_heads=metadata.positive_int(config, "num_attention_heads", path, 12),
+        mlp_dim=metadata.positive_int(config, "intermediate_size", path, 3072),
+        channels=channels,
         pooling="token",
         representation_size=next(
             (int(value.shape[0]) for key, value in tensors.items() if key.endswith("pooler.dense.weight")), None
         ),
-        layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)),
+        layer_norm_epsilon=metadata.positive_number(config, "layer_norm_eps", path, 1e-12),
         gelu=_HF_GELUS[activation],
         pixel_mean=mean,
         pixel_std=std,
         position_resampling="bicubic",
+        source_metadata={"format": "huggingface", "preprocessor": preprocessor},
+        **_input_settings("huggingface", preprocessor),
     )
     if "classifier.weight" in tensors:
         arguments["num_classes"] = int(tensors["classifier.weight"].shape[0])
-        id2label = config.get("id2label") or {}
+        id2label = metadata.label_map(config, "id2label", path)
         labels = [id2label.get(str(i)) for i in range(arguments["num_classes"])]
         if all(labels):
             arguments["class_names"] = tuple(labels)
     return arguments
+
+
+def _check_attention_shapes(tensors, kind, num_heads, path):
+    """The attention tensors the layout splits into heads: (width, width) matrices, width heads-divisible."""
+    embedding = "patch_embed.proj.weight" if kind == "timm" else next(
+        (k for k in tensors if k.endswith("patch_embeddings.projection.weight")), None)
+    if embedding not in tensors:
+        return  # the missing tensor is named by the caller
+    width = tensors[embedding].shape[0]
+    if width % num_heads:
+        raise metadata.refuse(path, "attention heads", num_heads, f"a divisor of the width {width} of {embedding!r}")
+    patterns = {
+        r"\.attn\.qkv\.weight$": (3 * width, width), r"\.attn\.qkv\.bias$": (3 * width,),
+        r"\.attn\.proj\.weight$": (width, width), r"\.attn\.proj\.bias$": (width,),
+    } if kind == "timm" else {
+        r"\.attention\.attention\.(query|key|value)\.weight$": (width, width),
+        r"\.attention\.attention\.(query|key|value)\.bias$": (width,),
+        r"\.attention\.output\.dense\.weight$": (width, width), r"\.attention\.output\.dense\.bias$": (width,),
+    }
+    for name, value in tensors.items():
+        shape = next((shape for pattern, shape in patterns.items() if re.search(pattern, name)), None)
+        if shape is not None and value.shape != shape:
+            raise metadata.refuse_tensor(path, name, f"shape {value.shape}", f"shape {shape}")
 
 
 def read_repository(source, *, cache_dir=None):
@@ -352,10 +415,12 @@ def read_repository(source, *, cache_dir=None):
     kind = detect_format(config, folder)
     try:
         if kind == "timm":
-            arguments = _timm_arguments(config, tensors)
+            arguments = _timm_arguments(config, folder, tensors)
+            _check_attention_shapes(tensors, kind, arguments["num_heads"], weights_path)
             arrays = timm_to_layout(tensors, arguments["num_heads"])
         else:
             arguments = _huggingface_arguments(config, folder, tensors)
+            _check_attention_shapes(tensors, kind, arguments["num_heads"], weights_path)
             arrays = huggingface_to_layout(tensors, arguments["num_heads"])
     except KeyError as error:
         raise ValueError(
@@ -388,29 +453,6 @@ def _npz_shapes(path) -> Dict[str, tuple]:
     return shapes
 
 
-# PIL's resample codes in Hugging Face's preprocessor_config.json -> keras_vit's interpolation.
-_PIL_RESAMPLE = {0: "nearest", 1: "area", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bicubic"}
-
-
-def _input_contract(config: dict, folder, kind: str) -> dict:
-    """``interpolation``, ``crop_fraction`` and ``crop_mode`` of a repository's evaluation
-    transform (timm's ``pretrained_cfg``; Hugging Face's processor resizes without a crop)."""
-    from keras_vit.core.config import CROP_MODES, INTERPOLATIONS
-
-    if kind == "timm":
-        pretrained = config.get("pretrained_cfg") or {}
-        interpolation = pretrained.get("interpolation", "bicubic")
-        return dict(
-            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
-            crop_fraction=float(pretrained.get("crop_pct") or 1.0),
-            crop_mode=pretrained.get("crop_mode") if pretrained.get("crop_mode") in CROP_MODES else "center",
-        )
-    path = os.path.join(folder, PREPROCESSOR_FILENAME)
-    preprocessor = _read_json(path) if os.path.isfile(path) else {}
-    return dict(interpolation=_PIL_RESAMPLE.get(preprocessor.get("resample", 2), "bilinear"), crop_fraction=1.0,
-                crop_mode="squash")
-
-
 def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
     """The :class:`VisionTransformer` arguments of a checkpoint (architecture, options,
     input size, normalisation, ``num_classes``, ``class_names``) and ``name`` (the
@@ -434,12 +476,10 @@ def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
 
     with safe_open(os.path.join(folder, WEIGHTS_FILENAME), framework="numpy") as file:
         tensors = _shapes_only({key: file.get_slice(key).get_shape() for key in file.keys()})
-    kind = detect_format(config, folder)
-    if kind == "timm":
-        arguments, name = _timm_arguments(config, tensors), config.get("architecture")
+    if detect_format(config, folder) == "timm":  # with the input contract (interpolation, crop)
+        arguments, name = _timm_arguments(config, folder, tensors), config.get("architecture")
     else:
         arguments, name = _huggingface_arguments(config, folder, tensors), config.get("_name_or_path")
-    arguments.update(_input_contract(config, folder, kind))
     name = name or os.path.basename(os.path.normpath(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text))
     return {**arguments, "name": name}
 
@@ -533,7 +573,10 @@ def from_pretrained(
     arguments.update(include_preprocessing=include_preprocessing, **kwargs)
     if include_top and class_names is not None and "class_names" not in kwargs:
         arguments["class_names"] = class_names
-    model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
+    try:
+        model = VisionTransformer(num_classes=num_classes, include_top=include_top, **arguments)
+    except ValueError as error:  # the checkpoint's numbers, not the caller's: name the file they came from
+        raise ValueError(f"{os.path.join(folder, CONFIG_FILENAME)!r} does not describe a model keras_vit builds: {error}") from error
     key = npz.POS_EMBEDDING_KEY
     old_grid = (stored_size[0] // model.patch_size[0], stored_size[1] // model.patch_size[1])
     if key in arrays and tuple(old_grid) != tuple(model.grid_size):
@@ -583,28 +626,67 @@ def _torch_linear(kernel):
     return np.ascontiguousarray(kernel.reshape(width, -1).T)  # (in, ...) -> PyTorch (out, in)
 
 
-def _refuse_unless(condition, model, what, format):
+def _refuse_unless(condition, model, option, why, format):
     if not condition:
-        raise ValueError(f"{model.name} cannot be written in {format}'s layout: {what}.")
+        raise ValueError(
+            f"{model.name} cannot be written in {format}'s layout: {option}={getattr(model, option, None)!r} ({why})."
+        )
 
 
 def _check_writable(model, format):
-    _refuse_unless(isinstance(model, VisionTransformer), model, "not a keras_vit VisionTransformer", format)
-    _refuse_unless(model.resnet is None, model, "a hybrid ResNet stem", format)
-    _refuse_unless(model.position_embedding in ("learned", "none"), model,
-                   f"position_embedding={model.position_embedding!r}", format)
+    """Refuses, naming the builder option, every model whose written folder the client would compute otherwise.
+
+    Options not named here are written exactly (the write-back fixtures check each with the
+    client itself) or do not change the logits (dropout rates, drop_path_rate, dtype: the file
+    holds float32 weights).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"{getattr(model, 'name', model)!r} is not a keras_vit VisionTransformer; save_pretrained writes only those.")
+    _refuse_unless(model.resnet is None, model, "resnet", "a hybrid ResNet stem", format)
+    _refuse_unless(model.position_embedding in ("learned", "none"), model, "position_embedding",
+                   "only learned position embeddings (or none, for timm) are written", format)
+    _refuse_unless(model.classifier_activation is None, model, "classifier_activation",
+                   "the client computes logits; build the model with classifier_activation=None", format)
+    _refuse_unless(model.representation_size is None, model, "representation_size",
+                   f"a pre-logits layer; {format}'s ViT classifies without one", format)
     if format == "timm":
-        _refuse_unless(model.layer_norm_epsilon == 1e-6, model,
-                       f"LayerNorm epsilon {model.layer_norm_epsilon} (timm's ViT uses 1e-6)", format)
-        _refuse_unless(model.representation_size is None, model, "a pre-logits layer (timm's ViT has none)", format)
+        _refuse_unless(model.layer_norm_epsilon == 1e-6, model, "layer_norm_epsilon", "timm's ViT uses 1e-6", format)
+        _refuse_unless(not model.dynamic_image_size or model.position_resampling == "bicubic", model,
+                       "position_resampling", "timm resamples dynamic sizes by antialiased bicubic", format)
+        _timm_mlp_ratio(model)
         return
-    _refuse_unless(model.pooling == "token" and not model.norm_after_pooling, model,
-                   "mean pooling or a norm after pooling (Hugging Face's ViT pools the class token)", format)
-    for option in ("num_register_tokens", "distillation_token", "layer_scale_init", "patch_position_embedding_only"):
-        _refuse_unless(not getattr(model, option), model, f"{option}={getattr(model, option)!r}", format)
-    _refuse_unless(model.image_size[0] == model.image_size[1] and model.patch_size[0] == model.patch_size[1],
-                   model, "a rectangular image or patch size", format)
-    _refuse_unless(model.position_embedding == "learned", model, "no position embeddings", format)
+    _refuse_unless(model.pooling == "token", model, "pooling", "Hugging Face's ViT pools the class token", format)
+    for option in ("norm_after_pooling", "num_register_tokens", "distillation_token", "layer_scale_init",
+                   "patch_position_embedding_only", "dynamic_image_size"):
+        _refuse_unless(not getattr(model, option), model, option, "Hugging Face's ViT has no such option", format)
+    _refuse_unless(model.position_embedding == "learned", model, "position_embedding",
+                   "Hugging Face's ViT always adds position embeddings", format)
+
+
+def _timm_mlp_ratio(model):
+    """The ``mlp_ratio`` from which timm builds ``int(embed_dim * mlp_ratio) == mlp_dim`` exactly."""
+    for ratio in (model.mlp_dim / model.hidden_size, (model.mlp_dim + 0.5) / model.hidden_size):
+        if int(model.hidden_size * ratio) == model.mlp_dim:
+            return ratio
+    _refuse_unless(False, model, "mlp_dim", f"no mlp_ratio makes timm build it from hidden_size {model.hidden_size}", "timm")
+
+
+def _source(model, format) -> dict:
+    """What the checkpoint ``model`` was read from said about its inputs, if it was ``format``."""
+    source = getattr(model, "source_metadata", None) or {}
+    if source.get("format") != format:
+        return {}
+    return dict(source.get("pretrained_cfg" if format == "timm" else "preprocessor") or {})
+
+
+def _kept_channel_values(source, key, values, channels):
+    """``source[key]`` as it was written when it means ``values``; else ``values`` as a list."""
+    try:
+        if metadata.channel_values(source, key, "", None, channels) == tuple(values):
+            return source[key]
+    except ValueError:
+        pass
+    return list(values)
 
 
 def timm_state_dict(model) -> Dict[str, np.ndarray]:
@@ -701,7 +783,7 @@ def _timm_config(model) -> dict:
         "global_pool": "token" if model.pooling == "token" else "avg",
     }
     if model.mlp_dim != 4 * model.hidden_size:  # timm's default ratio is left out, as timm's own files do
-        model_args["mlp_ratio"] = model.mlp_dim / model.hidden_size
+        model_args["mlp_ratio"] = _timm_mlp_ratio(model)
     if model.pooling != "token":
         model_args["class_token"] = False
     if model.pooling != "token" or model.norm_after_pooling:
@@ -718,31 +800,41 @@ def _timm_config(model) -> dict:
         model_args["pos_embed"] = "none"
     if model.dynamic_image_size:
         model_args["dynamic_img_size"] = True
+    source = _source(model, "timm")
+    # The checkpoint's own settings (tag, license, ...) first; what the model itself decides
+    # (size, classes, normalisation, resize and crop) over them, in the source's spelling
+    # where that spelling reads back as the model's value.
+    pretrained_cfg = {"tag": model.name, "custom_load": False, **source}
+    own = {"interpolation": model.interpolation, "crop_pct": model.crop_fraction, "crop_mode": model.crop_mode}
+    if any(key not in source for key in own) or _input_settings("timm", source) != _input_settings("timm", own):
+        pretrained_cfg.update(own)
+    pretrained_cfg.update(
+        input_size=[model.channels, *model.image_size],
+        fixed_input_size=not model.dynamic_image_size,
+        mean=_kept_channel_values(source, "mean", model.pixel_mean, model.channels),
+        std=_kept_channel_values(source, "std", model.pixel_std, model.channels),
+        num_classes=num_classes,
+        pool_size=source.get("pool_size"),
+        first_conv="patch_embed.proj",
+        classifier=["head", "head_dist"] if model.distillation_token else "head",
+    )
+    if "label_names" in pretrained_cfg and pretrained_cfg["label_names"] != list(model.class_names or []):
+        del pretrained_cfg["label_names"]  # the source's names, for a head the model no longer has
     config = {
         "architecture": _TIMM_DISTILLED_ARCHITECTURE if model.distillation_token else _TIMM_ARCHITECTURE,
         "num_classes": num_classes,
         "num_features": model.hidden_size,
         "global_pool": model_args["global_pool"],
         "model_args": model_args,
-        "pretrained_cfg": {
-            "tag": model.name,
-            "custom_load": False,
-            "input_size": [model.channels, *model.image_size],
-            "fixed_input_size": not model.dynamic_image_size,
-            "interpolation": "bicubic",
-            "crop_pct": 0.9,
-            "crop_mode": "center",
-            "mean": list(model.pixel_mean),
-            "std": list(model.pixel_std),
-            "num_classes": num_classes,
-            "pool_size": None,
-            "first_conv": "patch_embed.proj",
-            "classifier": ["head", "head_dist"] if model.distillation_token else "head",
-        },
+        "pretrained_cfg": pretrained_cfg,
     }
     if model.class_names:
         config["label_names"] = list(model.class_names)
     return config
+
+
+def _one_or_pair(pair):
+    return pair[0] if pair[0] == pair[1] else list(pair)  # transformers' ViT takes an int or [h, w]
 
 
 def _huggingface_config(model) -> tuple:
@@ -757,7 +849,7 @@ def _huggingface_config(model) -> tuple:
         "hidden_dropout_prob": model.dropout,
         "hidden_size": model.hidden_size,
         "id2label": {str(i): label for i, label in enumerate(labels)},
-        "image_size": model.image_size[0],
+        "image_size": _one_or_pair(model.image_size),
         "initializer_range": 0.02,
         "intermediate_size": model.mlp_dim,
         "label2id": {label: i for i, label in enumerate(labels)},
@@ -766,24 +858,26 @@ def _huggingface_config(model) -> tuple:
         "num_attention_heads": model.num_heads,
         "num_channels": model.channels,
         "num_hidden_layers": model.num_layers,
-        "patch_size": model.patch_size[0],
+        "patch_size": _one_or_pair(model.patch_size),
         "pooler_act": "tanh",
-        "pooler_output_size": model.representation_size or model.hidden_size,
+        "pooler_output_size": model.hidden_size,
         "qkv_bias": True,
         "transformers_version": HF_LAYOUT_VERSION,
     }
+    source = _source(model, "huggingface")
     preprocessor = {
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": list(model.pixel_mean),
-        "image_processor_type": "ViTImageProcessor",
-        "image_std": list(model.pixel_std),
-        "resample": 2,
-        "rescale_factor": 1 / 255,
-        "size": {"height": model.image_size[0], "width": model.image_size[1]},
+        "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_processor_type": "ViTImageProcessor", "rescale_factor": 1 / 255, **source,
     }
-    return config, preprocessor
+    if "resample" not in source or _input_settings("huggingface", source)["interpolation"] != model.interpolation:
+        preprocessor["resample"] = _PIL_RESAMPLE[model.interpolation]  # the processor has no crop: resize only
+    preprocessor["size"] = {"height": model.image_size[0], "width": model.image_size[1]}
+    identity = model.pixel_mean == (0.0,) * model.channels and model.pixel_std == (1.0,) * model.channels
+    if not (identity and source.get("do_normalize") is False):  # else the source's own "no normalisation"
+        preprocessor["do_normalize"] = True
+        preprocessor["image_mean"] = _kept_channel_values(source, "image_mean", model.pixel_mean, model.channels)
+        preprocessor["image_std"] = _kept_channel_values(source, "image_std", model.pixel_std, model.channels)
+    return config, dict(sorted(preprocessor.items()))
 
 
 def save_pretrained(model, folder, *, format: str = "timm", overwrite: bool = False) -> str:

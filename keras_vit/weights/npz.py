@@ -29,6 +29,7 @@ from keras_vit.core import hybrid
 from keras_vit.files import replaced_atomically
 from keras_vit.core.layers import PatchEncoder
 from keras_vit.core.models import VisionTransformer
+from keras_vit.weights import metadata
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ def read_npz(path) -> Dict[str, np.ndarray]:
                 params = {key: data[key] for key in data.files}
         except Exception as error:
             raise ValueError(f"Checkpoint {path!r} is not a readable .npz file ({error}).") from error
-    return normalize_keys(params)
+    params = normalize_keys(params)
+    # Ranks first: infer_config and the loader index these shapes.
+    metadata.check_tensors(params, metadata.NPZ_RANKS, "the given arrays" if isinstance(path, dict) else repr(path))
+    return params
 
 
 def normalize_keys(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -378,6 +382,14 @@ def infer_config(params: Dict[str, np.ndarray]) -> dict:
     return config
 
 
+def _inferred_config(params, path) -> dict:
+    try:
+        return infer_config(params)
+    except ValueError as error:  # infer_config sees arrays only: name the file they came from
+        source = "the given arrays" if isinstance(path, dict) else repr(os.fspath(path))
+        raise ValueError(f"{source}: {error}") from error
+
+
 def from_npz(
     path,
     *,
@@ -401,7 +413,7 @@ def from_npz(
         **kwargs: other :class:`VisionTransformer` arguments (``dropout``, ``name``, ...).
     """
     params = read_npz(path)
-    config = infer_config(params)
+    config = _inferred_config(params, path)
     checkpoint_classes = config.pop("num_classes")
     if image_size is not None:
         config["image_size"] = image_size
@@ -417,8 +429,11 @@ def from_npz(
                 f"{path!r} has no head; pass num_classes= for a new head or include_top=False."
             )
     config.update(kwargs)
-    model = VisionTransformer(num_classes=num_classes, include_top=include_top, **config)
     source = "the given arrays" if isinstance(path, dict) else repr(os.fspath(path))
+    try:
+        model = VisionTransformer(num_classes=num_classes, include_top=include_top, **config)
+    except ValueError as error:  # shapes that describe no model: name the checkpoint they came from
+        raise ValueError(f"{source} does not describe a model keras_vit builds: {error}") from error
     return _load_params(model, params, source, reset_head=reset_head, old_grid=old_grid)
 
 
@@ -427,7 +442,7 @@ def describe_checkpoint(path) -> dict:
     params = read_npz(path)
     return {
         "path": os.fspath(path),
-        "config": infer_config(params),
+        "config": _inferred_config(params, path),
         "parameters": int(sum(value.size for value in params.values())),
         "keys": {key: list(value.shape) for key, value in sorted(params.items())},
     }
