@@ -209,6 +209,18 @@ _TRAIN_FLAG_HELP = {
     "randaugment": "RandAugment as [num_ops, magnitude], e.g. '[2, 0.5]'",
     "mixup": "MixUp alpha",
     "cutmix": "CutMix factor",
+    "variant": "ViT variant, e.g. Ti/16, B/16, R50+B/16 (default: the small MNIST ViT on digits, the "
+    "checkpoint's with --weights, else Ti/16)",
+    "weights": "fine-tune from a checkpoint: timm or Hugging Face folder, hf://org/name, .npz, .keras, or a "
+    "published name with --variant; its architecture, options, input size and mean/std unless flags say "
+    "otherwise; a new zero-initialised head for the data's classes",
+    "recipe": "scratch (AdamW) | finetune (SGD momentum 0.9; the default with --weights)",
+    "batch_size": "images per replica and step (default 128, 32 with --recipe finetune; capped at the images a "
+    "small folder holds)",
+    "name": "model name (default: the checkpoint's, else vit_<variant>)",
+    "pixel_mean": "per-channel mean of [0, 1] pixels, e.g. '[0.485, 0.456, 0.406]' (default: the checkpoint's, "
+    "else 0.5)",
+    "pixel_std": "per-channel std of [0, 1] pixels (default: the checkpoint's, else 0.5)",
     "random_erasing": "timm's RandomErasing probability (per-pixel noise), e.g. 0.25",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.9998); it is validated, saved, exported",
     "layer_decay": "layer-wise learning-rate decay (e.g. 0.65): block i of L learns at R**(L-i) x the rate",
@@ -216,10 +228,6 @@ _TRAIN_FLAG_HELP = {
     "distillation": "hard (teacher's argmax, default with --teacher) | soft (KL at --distillation-tau)",
     "distillation_alpha": "weight of the distillation loss (DeiT: 0.5)",
     "distillation_tau": "soft distillation temperature (DeiT: 1.0)",
-    "variant": "ViT variant, e.g. Ti/16, B/16, R50+B/16 (default: the small MNIST ViT)",
-    "weights": "start from a checkpoint (.npz path or published name); head zero-initialised",
-    "recipe": "scratch (AdamW) | finetune (SGD momentum 0.9, paper appendix B.1.1)",
-    "batch_size": "images per replica and step",
     "total_batch_size": "images per optimizer update, reached by gradient accumulation",
     "strategy": "auto | default | mirrored | multiworker | tpu",
     "precision": "auto | float32 | mixed_float16 | mixed_bfloat16",

@@ -56,10 +56,23 @@ def write_json(path, values) -> None:
         json.dump(values, file, indent=2)
 
 
-def save_model(model, path) -> None:
-    """``model.save(path)``, atomically (:func:`replaced_atomically`)."""
+def save_model(model, path, *, include_optimizer: bool = True) -> None:
+    """``model.save(path)``, atomically (:func:`replaced_atomically`).
+
+    ``include_optimizer=False`` writes the model alone, as an uncompiled model: no
+    optimizer state (twice the weights for Adam) and no compile settings; Keras 3 ignores
+    its own ``include_optimizer`` for ``.keras`` files, so the optimizer is set aside while
+    the file is written."""
     with replaced_atomically(path) as temporary:
-        model.save(temporary)
+        if include_optimizer or getattr(model, "optimizer", None) is None:
+            model.save(temporary)
+            return
+        optimizer, compiled = model.optimizer, model.compiled
+        model.optimizer, model.compiled = None, False
+        try:
+            model.save(temporary)
+        finally:
+            model.optimizer, model.compiled = optimizer, compiled
 
 
 @contextlib.contextmanager

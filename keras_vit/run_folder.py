@@ -4,8 +4,9 @@
 
     saved_models/<run-name>/
         config.json          the resolved training configuration, with the class names
-        model.keras          the trained model (``keras.saving.load_model``)
-        checkpoints/         last.keras (every epoch) and best.keras (best val_accuracy)
+        model.keras          the trained model, without optimizer state (``keras.saving.load_model``)
+        checkpoints/         last.keras (every epoch) and best.keras (best val_accuracy); once the
+                             run has finished, only best.keras where the best epoch was not the last
         backup/              resumable state while the run is unfinished (state.json, weights)
         logs/                TensorBoard
         history.csv          one row per completed epoch

@@ -4,6 +4,7 @@ MirroredStrategy on 2 logical CPUs, and resuming a run killed with SIGKILL (real
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def test_defaults_resolve_to_the_small_mnist_vit():
 
 
 def test_finetune_recipe_follows_the_paper():
-    config = resolve_config(TrainConfig(recipe="finetune", dataset="cifar10", variant="B/16", epochs=10))
+    # Its defaults suit a folder of photos on a CPU; the paper's 384 px and batch 512 are two flags.
+    default = resolve_config(TrainConfig(recipe="finetune", dataset="cifar10", variant="B/16"))
+    assert (default.image_size, default.total_batch_size, default.batch_size, default.epochs) == (224, None, 32, 10)
+    config = resolve_config(TrainConfig(recipe="finetune", dataset="cifar10", variant="B/16", epochs=10,
+                                        image_size=384, total_batch_size=512))
     assert (config.image_size, config.total_batch_size, config.weight_decay, config.clipnorm) == (384, 512, 0.0, 1.0)
     optimizer = build_optimizer(config, updates_per_epoch=100, accumulation=4)
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.9
@@ -144,7 +149,11 @@ def test_run_folder_contents_evaluate_and_no_overwrite(tmp_path, capsys):
     metrics = train(TrainConfig(**TINY, epochs=2, steps_per_epoch=3, output=str(output)), verbose=0)
     for name in ("model.keras", "config.json", "history.csv", "training_curves.png", "metrics.json"):
         assert (output / name).is_file(), name
-    assert (output / "checkpoints" / "last.keras").is_file() and (output / "checkpoints" / "best.keras").is_file()
+    # One model file: last.keras is model.keras now, best.keras stays only for a best epoch that was not the last.
+    assert not (output / "checkpoints" / "last.keras").exists()
+    rows = _history(output / "history.csv")
+    best_was_last = float(rows[-1]["val_accuracy"]) >= max(float(row["val_accuracy"]) for row in rows)
+    assert (output / "checkpoints" / "best.keras").is_file() != best_was_last
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(output / "logs" / "validation"))
     assert not (output / "backup").exists()  # the resumable state goes once the run has finished
     rows = _history(output / "history.csv")
@@ -406,6 +415,8 @@ def test_overwrite_keeps_the_old_run_until_its_replacement_has_finished(tmp_path
 def test_a_finished_run_with_a_torn_model_file_is_repaired_from_its_last_checkpoint(tmp_path, caplog):
     output = tmp_path / "run"
     metrics = train(TrainConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(output)), verbose=0)
+    os.makedirs(output / "checkpoints", exist_ok=True)  # runs of earlier versions kept last.keras
+    shutil.copyfile(output / "model.keras", output / "checkpoints" / "last.keras")
     (output / "model.keras").write_bytes(b"")  # what a kill mid-save left before writes were atomic
     with caplog.at_level("WARNING", logger="keras_vit.run_folder"):
         result = evaluate(str(output), verbose=0)

@@ -72,6 +72,7 @@ class Datasets:
     validation_examples: int
     skipped_files: list = dataclasses.field(default_factory=list)
     stream: object = None
+    batch_size: object = None  # images per batch (int), where a small folder lowered the one asked for
 
 
 def _as_size(image_size):
@@ -641,6 +642,7 @@ def image_folder(
     seed=0,
     cache=False,
     max_pixels=None,
+    shrink_batch=False,
 ):
     """Pipelines over folders of JPEG/PNG images, one sub-folder per class.
 
@@ -656,6 +658,8 @@ def image_folder(
         cache: keep decoded images in memory after the first epoch.
         max_pixels: images larger than this (width x height, from the header) are skipped
             before decoding (default 50 megapixels; see :func:`scan_image_folder`).
+        shrink_batch: a folder of fewer training images than ``batch_size`` makes one
+            batch of them all (``Datasets.batch_size``) instead of being refused.
 
     Returns:
         A :class:`Datasets`; ``skipped_files`` lists the unreadable files left out.
@@ -699,6 +703,8 @@ def image_folder(
         val_labels = [lab for lab, v in zip(labels, validation) if v]
         paths = [p for p, v in zip(paths, validation) if not v]
         labels = [lab for lab, v in zip(labels, validation) if not v]
+    if len(paths) < batch_size and shrink_batch:
+        batch_size = len(paths)
     if len(paths) < batch_size:
         raise ValueError(
             f"{directory!r} has {len(paths)} training images, fewer than one batch of {batch_size}; "
@@ -727,7 +733,7 @@ def image_folder(
     )
     return Datasets(
         train, validation_ds, len(class_names), class_names, len(paths), len(val_paths), [p for p, _ in skipped],
-        stream=stream,
+        stream=stream, batch_size=batch_size,
     )
 
 

@@ -99,8 +99,9 @@ def plot_history(rows, path):
 
 class Checkpoints(keras.callbacks.Callback):
     """Saves ``checkpoints/last.keras`` every epoch and ``best.keras`` when ``val_accuracy``
-    improves, each atomically: a kill mid-save leaves the previous file whole. With a
-    weight average (``ema_decay``) they hold the averaged weights.
+    improves, each atomically: a kill mid-save leaves the previous file whole. Both hold the
+    model alone: the optimizer's state, needed only to resume, is in ``backup/``.
+    With a weight average (``ema_decay``) they hold the averaged weights.
 
     Args:
         run: the run folder.
@@ -114,12 +115,12 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         with averaged_weights(self.model):  # with ema_decay, the checkpoints hold the average
-            save_model(self.model, self.run.last_checkpoint)
+            save_model(self.model, self.run.last_checkpoint, include_optimizer=False)
             epoch_end_write_done()
             accuracy = (logs or {}).get("val_accuracy")
             if accuracy is not None and (self.best is None or accuracy > self.best):
                 self.best = float(accuracy)
-                save_model(self.model, self.run.best_checkpoint)
+                save_model(self.model, self.run.best_checkpoint, include_optimizer=False)
                 epoch_end_write_done()
 
 

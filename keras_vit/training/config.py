@@ -43,11 +43,18 @@ RECIPE_DEFAULTS = {
     # AugReg / DeiT style: AdamW, warm-up + cosine, weight decay, label smoothing.
     "scratch": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, label_smoothing=0.1),
     # Paper, appendix B.1.1: SGD momentum 0.9, no weight decay, clipping at 1, batch 512.
-    "finetune": dict(
-        optimizer="sgd", learning_rate=0.01, weight_decay=0.0, label_smoothing=0.0, total_batch_size=512,
-        image_size=384,
-    ),
+    # Sized for a folder of photos on a CPU: the checkpoint's own input size, one update per
+    # batch of 32 (the paper's 384 px and batch 512 by accumulation: --image-size 384
+    # --total-batch-size 512), 10 epochs.
+    "finetune": dict(optimizer="sgd", learning_rate=0.01, weight_decay=0.0, label_smoothing=0.0, batch_size=32,
+                     epochs=10),
 }
+# Without weights, an image folder trains this small model (5.5 M parameters at 224 px with 10 classes,
+# about 1/15 of B/16's compute) from scratch; starting from a checkpoint (--weights) is the
+# better road, and the command says so.
+SMALL_VARIANT = "Ti/16"
+SCRATCH_BATCH_SIZE = 128
+IMAGE_SPEC_DEFAULTS = dict(interpolation="bilinear", crop_fraction=1.0, crop_mode="squash")
 
 
 @dataclasses.dataclass
@@ -89,17 +96,27 @@ class ModelConfig:
     """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
 
     variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
-        (``Ti/4`` at width 64, 4 blocks) and ``"B/16"`` otherwise.
+        (``Ti/4`` at width 64, 4 blocks), the checkpoint's architecture with ``weights``,
+        ``"B/16"`` with a published name, and ``"Ti/16"`` otherwise.
     patch_size, hidden_size, num_layers, num_heads, mlp_dim: override the variant's.
-    image_size, channels: input; defaults 28 and 1 for the digits, 224 (384 when
-        fine-tuning) and 3 otherwise.
+    image_size, channels: input; defaults 28 and 1 for the digits, the checkpoint's with
+        ``weights`` (another image size resamples the position embeddings), 224 and 3 otherwise.
     pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
         (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
     pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
         contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
         evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
-        the original's x / 127.5 - 1), resize method, evaluation crop.
-    weights: checkpoint to start from (fine-tuning); the head is zero-initialised.
+        the original's x / 127.5 - 1), resize method (default bilinear), evaluation crop
+        (default 1.0, squash); with ``weights``, the checkpoint's.
+    weights: checkpoint to start from (fine-tuning): a timm or Hugging Face folder,
+        ``hf://<org>/<name>``, an original ``.npz``, a ``.keras`` model, or a published name
+        of ``variant``. The fields left ``None`` then take the checkpoint's values
+        (architecture, options, input size, normalisation, name); the head is a new
+        zero-initialised one for the data's classes.
+    name, resnet, position_embedding, layer_norm_epsilon, gelu, layer_scale_init,
+        num_register_tokens, distillation_token, norm_after_pooling,
+        patch_position_embedding_only, position_resampling: as
+        ``keras_vit.ViT``; ``None`` is the checkpoint's value, else the builder's default.
     """
 
     variant: Optional[str] = None
@@ -116,19 +133,32 @@ class ModelConfig:
     representation_size: Optional[int] = None
     pixel_mean: Optional[list] = None
     pixel_std: Optional[list] = None
-    interpolation: str = "bilinear"
-    crop_fraction: float = 1.0
-    crop_mode: str = "squash"
+    interpolation: Optional[str] = None
+    crop_fraction: Optional[float] = None
+    crop_mode: Optional[str] = None
     weights: Optional[str] = None
+    name: Optional[str] = None
+    resnet: Optional[list] = None
+    position_embedding: Optional[str] = None
+    layer_norm_epsilon: Optional[float] = None
+    gelu: Optional[str] = None
+    layer_scale_init: Optional[float] = None
+    num_register_tokens: Optional[int] = None
+    distillation_token: Optional[bool] = None
+    norm_after_pooling: Optional[bool] = None
+    patch_position_embedding_only: Optional[bool] = None
+    position_resampling: Optional[str] = None
 
 
 @dataclasses.dataclass
 class OptimizationConfig:
     """The recipe and its schedule.
 
-    recipe: ``"scratch"`` (AdamW) or ``"finetune"`` (SGD momentum 0.9).
+    recipe: ``"scratch"`` (AdamW) or ``"finetune"`` (SGD momentum 0.9); default
+        ``finetune`` when the model starts from ``weights``, else ``scratch``.
     epochs: number of epochs (default 50 for the small MNIST ViT, else 30).
-    batch_size: images per replica and step.
+    batch_size: images per replica and step (default 128, 32 when fine-tuning); a
+        folder holding fewer training images makes one batch of them all.
     total_batch_size: images per optimizer update; a multiple of the global batch
         (``batch_size x replicas``) reached by gradient accumulation. Fine-tuning
         defaults to 512 as in the paper (or the global batch when that is larger).
@@ -148,9 +178,9 @@ class OptimizationConfig:
         temperature (0.5 and 1.0).
     """
 
-    recipe: str = "scratch"
+    recipe: Optional[str] = None
     epochs: Optional[int] = None
-    batch_size: int = 128
+    batch_size: Optional[int] = None
     total_batch_size: Optional[int] = None
     steps_per_epoch: Optional[int] = None
     learning_rate: Optional[float] = None
@@ -384,6 +414,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     c = config.replace()
     data, model, optimization, hardware, run = c.data, c.model, c.optimization, c.hardware, c.run
+    if optimization.recipe is None:
+        optimization.recipe = "scratch" if model.weights is None else "finetune"
     if optimization.recipe not in RECIPES:
         _fail("recipe", optimization.recipe, f"one of {list(RECIPES)}")
     defaults = RECIPE_DEFAULTS[optimization.recipe]
@@ -410,18 +442,25 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if not isinstance(data.download, bool):
         _fail("download", data.download, "true or false")
 
-    # model: the builder's arguments
-    if model.variant is None:
+    # model: the builder's arguments, a checkpoint's own where one is given
+    # (with --variant too, the checkpoint's options and input contract; the variant's sizes)
+    from_checkpoint = model.variant is None and model.weights is not None and _fill_from_checkpoint(model)
+    if model.variant is not None and model.weights is not None:
+        _fill_from_checkpoint(model, options_only=True)
+    if model.variant is None and not from_checkpoint:
         if digits:
             for key, value in {**MNIST_MODEL, **MNIST_RECIPE}.items():
                 if getattr(c, key) is None:
                     setattr(c, key, value)
-        else:
-            model.variant = "B/16"
+        else:  # the paper's B/16 for its published weights; a small model from scratch
+            model.variant = "B/16" if model.weights is not None else SMALL_VARIANT
     if model.pooling is None:
         model.pooling = "token"
+    for field, default in IMAGE_SPEC_DEFAULTS.items():  # the builder's, where no checkpoint gave them
+        if getattr(model, field) is None:
+            setattr(model, field, default)
     try:
-        variant = decode_variant(model.variant)
+        variant = None if from_checkpoint else decode_variant(model.variant)
     except (ValueError, TypeError, AttributeError) as error:
         raise ValueError(f"Invalid configuration: variant={model.variant!r}; {error}") from None
     for field in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
@@ -442,9 +481,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         representation_size=model.representation_size, pixel_mean=model.pixel_mean, pixel_std=model.pixel_std,
         interpolation=model.interpolation, crop_fraction=model.crop_fraction, crop_mode=model.crop_mode,
     )
-    looks_like_path = model.weights is not None and (os.sep in model.weights or model.weights.endswith(".npz"))
-    if looks_like_path and not os.path.isfile(model.weights):
-        raise FileNotFoundError(f"Invalid configuration: weights={model.weights!r} is not a file.")
 
     # data: what the pipelines take
     if data.eval_crop_fraction is None:
@@ -467,7 +503,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     # optimization: the recipe
     if optimization.epochs is None:
-        optimization.epochs = DEFAULT_EPOCHS
+        optimization.epochs = defaults.get("epochs", DEFAULT_EPOCHS)
+    if optimization.batch_size is None:
+        optimization.batch_size = defaults.get("batch_size", SCRATCH_BATCH_SIZE)
     # Counts are bounded here, before TensorFlow sizes anything by them or a run folder is made.
     if not _int_within(optimization.epochs, MAX_EPOCHS):
         _fail("epochs", optimization.epochs, f"a positive integer up to {MAX_EPOCHS:,}")
@@ -519,10 +557,35 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         run.output = os.path.normpath(run.output)
     if run.run_name is None:
         source = os.path.basename(os.path.normpath(data.image_folder)) if data.image_folder else data.dataset
-        run.run_name = f"{source}_vit-{model.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")
+        if from_checkpoint:
+            run.run_name = f"{source}_{model.name}".replace(":", "-")
+        else:
+            run.run_name = f"{source}_vit-{model.variant.lower().replace('/', '').replace('+', '_')}".replace(":", "-")
     if os.sep in run.run_name or run.run_name in (".", ".."):
         _fail("run_name", run.run_name, "a folder name without path separators (use output for a path)")
     return c
+
+
+def _fill_from_checkpoint(model: ModelConfig, options_only=False) -> bool:
+    """Fills the model fields left ``None`` from the checkpoint ``weights`` names (see
+    :mod:`keras_vit.training.starting_point`); False for a published name."""
+    from keras_vit.training import starting_point
+
+    if not starting_point.is_checkpoint_file(model.weights):
+        return False
+    if all(getattr(model, field) is not None for field in starting_point.ALWAYS_GIVEN):
+        return True  # resolved before (a run's config.json): the checkpoint need not be there any more
+    starting_point.check_exists(model.weights)
+    try:
+        found = starting_point.checkpoint_model_fields(model.weights)
+    except (ValueError, OSError, ImportError) as error:
+        raise ValueError(f"Invalid configuration: weights={model.weights!r}: {error}") from None
+    for field, value in found.items():
+        if options_only and field in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "name"):
+            continue  # the variant's
+        if getattr(model, field) is None:
+            setattr(model, field, value)
+    return True
 
 
 def _check_fine_tuning_tools(optimization: OptimizationConfig):

@@ -107,6 +107,11 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         )
     global_batch = config.batch_size * replicas
     datasets = build_datasets(config, global_batch)
+    if datasets.batch_size is not None and datasets.batch_size < global_batch:
+        global_batch = datasets.batch_size
+        if verbose:
+            print(f"Batch {config.batch_size * replicas} capped at {global_batch}: the data holds "
+                  f"{datasets.train_examples} training images.")
     if datasets.train_examples // global_batch < 1:
         raise ValueError(
             f"Invalid configuration: batch_size={config.batch_size} x {replicas} replicas = {global_batch} "
@@ -127,7 +132,7 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
     keras.config.set_dtype_policy(policy)
     try:
         with strategy.scope():
-            model = build_model(config, datasets.num_classes)
+            model = build_model(config, datasets.num_classes, datasets.class_names)
             optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas, model=model)
             compile_model(model, config, optimizer, jit_compile=jit_compile)
             if teacher is not None:
@@ -143,10 +148,14 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
         if config.ema_decay:
             callbacks.insert(0, AveragedValidation())  # validation sees the average, as timm's EMA model
         callbacks.append(StopOnSigterm(run, backup, sigterm, steps_per_epoch, config.epochs))  # last: see its doc
+        if verbose and config.weights is None and config.image_folder is not None:
+            print(f"Training {model.name} from scratch; starting from pretrained weights is the better road for "
+                  f"photos: add --weights with a timm or Hugging Face folder, hf://<org>/<name>, an .npz or a .keras "
+                  f"model (docs/fine-tuning.md).")
         if verbose:
             print(
                 f"Training {model.name} ({model.count_params():,} parameters) on {datasets.train_examples} "
-                f"images for {config.epochs} epochs: {replicas} replica(s) x batch {config.batch_size}"
+                f"images for {config.epochs} epochs: {replicas} replica(s) x batch {global_batch // replicas}"
                 f"{f' x {accumulation} accumulated' if accumulation > 1 else ''}, {policy}, "
                 f"jit_compile={jit_compile}; run folder {run.path}"
                 + (f" (resuming after epoch {len(previous_rows)})" if resuming and not step else "")

@@ -9,6 +9,7 @@ finished run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Dict, List, Optional
@@ -110,8 +111,13 @@ def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batc
            resuming: bool, extra: Optional[Dict] = None) -> Dict:
     """Saves the model, rewrites the history, draws the curves, writes ``metrics.json``.
 
+    A finished run keeps one copy of each model it needs: ``model.keras`` (the last
+    epoch's, without optimizer state) and ``checkpoints/best.keras`` only where the best
+    epoch was not the last; the resumable state and ``last.keras`` (``model.keras`` now)
+    go once ``metrics.json`` is written.
+
     Returns the metrics (those of every loop plus ``extra``) and ``run_dir``."""
-    save_model(model, run.model_path)
+    save_model(model, run.model_path, include_optimizer=False)
     rows = run.rewrite_history()
     plot_history(rows, run.curves_path)
     last = rows[-1]
@@ -138,6 +144,19 @@ def finish(run: RunFolder, model, *, datasets, steps_per_epoch: int, global_batc
     }
     run.write_metrics(metrics)  # the run is finished from here on
     shutil.rmtree(run.backup_dir, ignore_errors=True)  # resumable state of an unfinished run only
+    _remove_copies_of_the_model(run, rows)
     if run.replaces is not None:
         run.promote()  # only now does the replaced run go
     return {**metrics, "run_dir": run.path}
+
+
+def _remove_copies_of_the_model(run: RunFolder, rows: List[Dict]) -> None:
+    # last.keras holds what model.keras holds; best.keras too when the last epoch was the best.
+    paths = [run.last_checkpoint]
+    if rows and "val_accuracy" in rows[-1] and rows[-1]["val_accuracy"] >= max(row["val_accuracy"] for row in rows):
+        paths.append(run.best_checkpoint)
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(run.checkpoints_dir)  # only when nothing is left in it

@@ -125,7 +125,7 @@ def _train(config, run, resuming, strategy, task_type, task_index, is_chief, *, 
         write_dir = run.worker_backup_dir(task_index)
 
     with strategy.scope():
-        model = build_model(config, datasets.num_classes)
+        model = build_model(config, datasets.num_classes, datasets.class_names)
         optimizer = build_optimizer(config, steps_per_epoch, replicas=replicas)
         optimizer.build(model.trainable_variables)
     from_logits = model.classifier_activation is None

@@ -136,6 +136,7 @@ def build_datasets(config: TrainConfig, global_batch_size: int):
             global_batch_size,
             validation_directory=source.validation_folder,
             validation_fraction=source.validation_fraction,
+            shrink_batch=True,  # a small folder of photos is one batch (Datasets.batch_size)
             **common,
         )
     if source.dataset == EMBEDDED_DATASET:
@@ -151,17 +152,26 @@ def build_datasets(config: TrainConfig, global_batch_size: int):
     )
 
 
-def build_model(config: TrainConfig, num_classes: int):
+def build_model(config: TrainConfig, num_classes: int, class_names=None):
     """The ViT of a resolved config: its model section is the builder's keyword arguments
-    (from ``weights`` when given, with a zeroed head)."""
+    (``None`` options take the builder's defaults; without a variant, the checkpoint's
+    architecture), started from ``weights`` when given, with a zeroed head named after
+    ``class_names``."""
+    from keras_vit.core.models import VisionTransformer
+    from keras_vit.training.starting_point import load_starting_weights
     from keras_vit.zoo import ViT
 
     keras.utils.set_random_seed(config.hardware.seed)
-    arguments = dataclasses.asdict(config.model)
+    arguments = {key: value for key, value in dataclasses.asdict(config.model).items() if value is not None}
+    weights, variant = arguments.pop("weights", None), arguments.pop("variant", None)
     if config.optimization.teacher is not None:
         arguments["distillation_token"] = True  # DeiT's student: the token the teacher trains
-    model = ViT(**arguments, num_classes=num_classes)
-    if config.model.weights is not None:
+    if arguments.get("resnet") is not None:
+        arguments["resnet"] = (tuple(arguments["resnet"][0]), arguments["resnet"][1])
+    arguments.update(num_classes=num_classes, class_names=None if class_names is None else list(class_names))
+    model = ViT(variant, **arguments) if variant is not None else VisionTransformer(**arguments)
+    if weights is not None:
+        load_starting_weights(model, weights, variant=variant)
         # Fine-tuning starts from a zero head (paper, appendix B.1.1).
         head = model.get_layer("head")
         head.set_weights([0 * w for w in head.get_weights()])

@@ -446,38 +446,66 @@ def read_repository(source, *, cache_dir=None):
     return kind, arguments, arrays, folder
 
 
+def _shapes_only(shapes) -> Dict[str, np.ndarray]:
+    # Arrays of the right shapes that hold no memory: enough for the readers of configurations.
+    return {key: np.broadcast_to(np.zeros((), "float32"), tuple(shape)) for key, shape in shapes.items()}
+
+
+def _npz_shapes(path) -> Dict[str, tuple]:
+    import zipfile
+
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as file:
+                    version = np.lib.format.read_magic(file)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+                        np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read_header(file)
+                shapes[member[: -len(".npy")] if member.endswith(".npy") else member] = shape
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise ValueError(f"Checkpoint {os.fspath(path)!r} is not a readable .npz file ({error}).") from error
+    return shapes
+
+
+def read_checkpoint_arguments(source, *, cache_dir=None) -> dict:
+    """The :class:`VisionTransformer` arguments of a checkpoint (architecture, options,
+    input size, normalisation, ``num_classes``, ``class_names``) and ``name`` (the
+    checkpoint's), read from its configuration and tensor shapes only: no weight is loaded.
+
+    ``source`` is any checkpoint :func:`from_pretrained` reads (a timm or Hugging Face
+    folder, ``hf://<org>/<name>``, an original ``.npz``).
+    """
+    text = os.fspath(source)
+    if not text.startswith(HF_PREFIX) and text.endswith(".npz"):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"Checkpoint {text!r} does not exist.")
+        arguments = npz.infer_config(npz.normalize_keys(_shapes_only(_npz_shapes(text))))
+        arguments.update(layer_norm_epsilon=1e-6, gelu="tanh", position_resampling="bilinear",
+                         pixel_mean=(0.5,) * arguments["channels"], pixel_std=(0.5,) * arguments["channels"],
+                         interpolation="bilinear", crop_fraction=1.0, crop_mode="squash")  # the original's
+        return {**arguments, "name": os.path.splitext(os.path.basename(text))[0]}
+    folder = resolve_source(text, cache_dir=cache_dir)
+    config = _read_json(os.path.join(folder, CONFIG_FILENAME))
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(folder, WEIGHTS_FILENAME), framework="numpy") as file:
+        tensors = _shapes_only({key: file.get_slice(key).get_shape() for key in file.keys()})
+    if detect_format(config, folder) == "timm":  # with the input contract (interpolation, crop)
+        arguments, name = _timm_arguments(config, folder, tensors), config.get("architecture")
+    else:
+        arguments, name = _huggingface_arguments(config, folder, tensors), config.get("_name_or_path")
+    name = name or os.path.basename(os.path.normpath(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text))
+    return {**arguments, "name": name}
+
+
 def read_image_spec(source, *, cache_dir=None):
-    """The input spec (:class:`~keras_vit.core.image_spec.ImageSpec`) of a timm or Hugging
-    Face repository from its ``config.json`` (and ``preprocessor_config.json``) alone: what
-    ``from_pretrained(source)`` builds, without reading the weights."""
+    """The input spec (:class:`~keras_vit.core.image_spec.ImageSpec`) of a checkpoint: what
+    ``from_pretrained(source)`` builds, from its configuration alone (no weight read)."""
     from keras_vit.core.image_spec import ImageSpec
 
-    folder = resolve_source(source, cache_dir=cache_dir)
-    config_path = os.path.join(folder, CONFIG_FILENAME)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{folder!r} has no {CONFIG_FILENAME}; a timm or Hugging Face repository holds one.")
-    config = _read_json(config_path)
-    if detect_format(config, folder) == "timm":
-        pretrained = config.get("pretrained_cfg") or {}
-        input_size = pretrained.get("input_size") or [3, 224, 224]
-        labels = config.get("label_names") or pretrained.get("label_names")
-        return ImageSpec.from_model_arguments(
-            image_size=(config.get("model_args") or {}).get("img_size") or input_size[1:],
-            channels=int((config.get("model_args") or {}).get("in_chans", input_size[0])),
-            pixel_mean=pretrained.get("mean"), pixel_std=pretrained.get("std"),
-            class_names=labels, **_input_settings("timm", pretrained),
-        )
-    preprocessor_path = os.path.join(folder, PREPROCESSOR_FILENAME)
-    preprocessor = _read_json(preprocessor_path) if os.path.isfile(preprocessor_path) else {}
-    mean, std = (preprocessor.get("image_mean"), preprocessor.get("image_std")) if preprocessor.get(
-        "do_normalize", True) else ((0.0,) * 3, (1.0,) * 3)
-    id2label = config.get("id2label") or {}
-    return ImageSpec.from_model_arguments(
-        image_size=config.get("image_size", 224), channels=int(config.get("num_channels", 3)),
-        pixel_mean=mean, pixel_std=std,
-        class_names=[id2label[str(i)] for i in range(len(id2label))] if id2label else None,
-        **_input_settings("huggingface", preprocessor),
-    )
+    return ImageSpec.from_model_arguments(**read_checkpoint_arguments(source, cache_dir=cache_dir))
 
 
 # --------------------------------------------------------------------------- loading
@@ -520,6 +548,7 @@ def from_pretrained(
     num_classes: Optional[int] = None,
     image_size=None,
     include_preprocessing: bool = False,
+    class_names=None,
     cache_dir=None,
     **kwargs,
 ) -> VisionTransformer:
@@ -537,10 +566,17 @@ def from_pretrained(
             original's ``.npz``: ``zoom(order=1)``).
         include_preprocessing: the model takes pixels in [0, 255] and applies the
             checkpoint's own mean and std.
+        class_names: the names of your classes, one per class, for a new head
+            (fine-tuning): ``num_classes`` defaults to their number, and the model carries
+            them (``model.class_names``, used by export and predict).
         cache_dir: huggingface_hub's cache folder for ``hf://`` sources.
         **kwargs: other VisionTransformer arguments (``dropout``, ``dynamic_image_size``,
             ``name``, ...).
     """
+    if class_names is not None:
+        kwargs["class_names"] = class_names
+        if num_classes is None and not isinstance(class_names, str):
+            num_classes = len(class_names)  # a new head when the checkpoint's has another size
     if not os.fspath(source).startswith(HF_PREFIX) and os.fspath(source).endswith(".npz"):
         return npz.from_npz(
             source, include_top=include_top, num_classes=num_classes, image_size=image_size,
