@@ -66,7 +66,7 @@ def test_scanning_ignores_hidden_entries_and_skips_fifos_loops_and_pixel_bombs_b
     assert "Skipped 3 of 11 files" in capsys.readouterr().err
 
     # The cap is the caller's: 15x15 allows none of these 16x16 images.
-    with pytest.raises(ValueError, match=r"holds no readable JPEG or PNG image \(11 skipped\)"):
+    with pytest.raises(ValueError, match=r"holds no readable JPEG, PNG, BMP or GIF image \(11 skipped\)"):
         data.scan_image_folder(root, max_pixels=15 * 15, verbose=False)
     assert capsys.readouterr().err == ""
 

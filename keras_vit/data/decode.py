@@ -120,3 +120,28 @@ def decode_upright(encoded, channels):
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     image.set_shape([None, None, channels])
     return apply_orientation(image, exif_orientation(encoded))
+
+
+# Images larger than this (decoded width x height) are refused before decoding: a small
+# compressed file can decode to gigabytes (a 389 KB PNG of 20000x20000 took 2.8 GB).
+# 50 megapixels covers phone and camera photos; pass max_pixels= to change it.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def decoded_size(path):
+    """``(width, height)`` from an image file's header, without decoding it; None if unknown."""
+    import struct
+
+    from PIL import Image, UnidentifiedImageError
+
+    with open(path, "rb") as file:
+        header = file.read(24)
+    if header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR":
+        return struct.unpack(">II", header[16:24])
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.size
+    except Image.DecompressionBombError:  # Pillow's own limit (about 179 megapixels), far above ours
+        return (2 * Image.MAX_IMAGE_PIXELS, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None

@@ -14,32 +14,16 @@ import os
 import numpy as np
 
 from keras_vit.core.image_spec import ImageSpec
-from keras_vit.data.decode import IMAGE_EXTENSIONS, UNACCEPTED_IMAGE_EXTENSIONS, decode_upright, format_problem
+from keras_vit.data.decode import (  # noqa: F401 (DEFAULT_MAX_PIXELS, decoded_size: re-exported)
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    UNACCEPTED_IMAGE_EXTENSIONS,
+    decode_upright,
+    decoded_size,
+    format_problem,
+)
 from keras_vit.data.pipelines import preprocess_for_eval
 from keras_vit.ownership import is_marked
-# Images larger than this (decoded width x height) are refused before decoding: a small
-# compressed file can decode to gigabytes (a 389 KB PNG of 20000x20000 took 2.8 GB).
-# 50 megapixels covers phone and camera photos; pass max_pixels= to change it.
-DEFAULT_MAX_PIXELS = 50_000_000
-
-
-def decoded_size(path):
-    """``(width, height)`` from an image file's header, without decoding it; None if unknown."""
-    import struct
-
-    from PIL import Image, UnidentifiedImageError
-
-    with open(path, "rb") as file:
-        header = file.read(24)
-    if header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR":
-        return struct.unpack(">II", header[16:24])
-    try:
-        with Image.open(path) as image:  # reads the header only
-            return image.size
-    except Image.DecompressionBombError:  # Pillow's own limit (about 179 megapixels), far above ours
-        return (2 * Image.MAX_IMAGE_PIXELS, 1)
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
 
 
 def as_spec(spec, channels=None):

@@ -500,7 +500,7 @@ def _readable_image(path, max_pixels):
 
     import tensorflow as tf
 
-    from keras_vit.data.images import decoded_size
+    from keras_vit.data.decode import decoded_size
 
     try:
         mode = os.stat(path).st_mode
@@ -540,7 +540,7 @@ def scan_image_folder(directory, class_names=None, *, verbose=True, max_pixels=N
             training folder on a validation folder); default: the sorted sub-folders.
         verbose: print the skipped files and a count to standard error.
         max_pixels: largest decoded width x height read (default
-            :data:`keras_vit.data.images.DEFAULT_MAX_PIXELS`, 50 megapixels).
+            :data:`keras_vit.data.decode.DEFAULT_MAX_PIXELS`, 50 megapixels).
 
     Returns:
         ``(paths, labels, class_names, skipped)``: lists of readable file paths and
@@ -557,7 +557,7 @@ def scan_image_folder(directory, class_names=None, *, verbose=True, max_pixels=N
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory!r} does not exist or is not a folder.")
-    from keras_vit.data.images import DEFAULT_MAX_PIXELS
+    from keras_vit.data.decode import DEFAULT_MAX_PIXELS
 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     # Hidden entries are not data, nor is a folder keras-vit wrote (a run, an export: it holds the marker).
