@@ -282,8 +282,8 @@ def test_train_ema_decay_saves_the_average_that_was_validated(tmp_path):
     # AdamW at 0.05 moves weights by ~0.05 a step; the average at 0.999 by a thousandth of that.
     moved = max(np.abs(final[path] - start[path]).max() for path in start)
     assert 0 < moved < 2e-3
-    last = final["head/kernel"], _weights(output / "checkpoints" / "last.keras")["head/kernel"]
-    np.testing.assert_array_equal(*last)
+    # a finished run keeps one model (model.keras, the average); last.keras went with the run's end
+    assert not (output / "checkpoints" / "last.keras").exists()
     history = (output / "history.csv").read_text().splitlines()
     val_loss = float(dict(zip(history[0].split(","), history[-1].split(",")))["val_loss"])
     from keras_vit.training.fit import evaluate

@@ -109,7 +109,8 @@ def _unfinished_copy(finished_run, tmp_path):
     shutil.copytree(output, copy)
     os.remove(copy / "metrics.json")  # an unfinished run, as a kill leaves it
     os.makedirs(copy / "backup")
-    shutil.copyfile(copy / "checkpoints" / "last.keras", copy / "backup" / "epoch1-step0.keras")
+    # the finished run kept only model.keras: a copy of it stands for the state a kill leaves
+    shutil.copyfile(copy / "model.keras", copy / "backup" / "epoch1-step0.keras")
     (copy / "backup" / "state.json").write_text(json.dumps({"epoch": 1, "step": 0, "weights": "epoch1-step0.keras"}))
     return photos, copy
 
