@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh dev
 echo "[test] TensorFlow backend: the whole suite"
-KERAS_BACKEND=tensorflow python -m pytest -q -p no:cacheprovider "$@" tests
+KERAS_BACKEND=tensorflow python -m pytest -q -p no:cacheprovider --durations=15 "$@" tests
 echo "[test] JAX backend: the model core and the optimizers"
 KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "$@" tests/test_layers.py tests/test_layer_harness.py tests/test_serialization.py tests/test_models.py tests/test_hybrid.py tests/test_checkpoints.py tests/test_hub.py tests/test_optimizers.py

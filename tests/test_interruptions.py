@@ -144,7 +144,8 @@ def test_a_run_that_would_update_no_weight_is_refused_before_training(tmp_path):
     from keras_vit.training.fit import train
 
     config = TrainConfig(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=12, patch_size=4,
-                         recipe="finetune", batch_size=32, epochs=1, steps_per_epoch=2, output=str(tmp_path / "run"))
+                         recipe="finetune", batch_size=32, total_batch_size=512, epochs=1, steps_per_epoch=2,
+                         output=str(tmp_path / "run"))  # the paper's 512 images per update: 16 micro-batches
     with pytest.raises(ValueError, match=r"1 epoch\(s\) x steps_per_epoch=2 = 2 micro-batches never reach one "
                                          r"optimizer update, which accumulates 16"):
         train(config, verbose=0)
