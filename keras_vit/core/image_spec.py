@@ -109,9 +109,8 @@ class ImageSpec:
         return (float(np.min((0.0 - mean) / std)), float(np.max((1.0 - mean) / std)))
 
     def _broadcast(self, values):
-        return np.asarray(values, "float32").reshape(-1)[: self.channels] if len(values) >= self.channels else np.full(
-            (self.channels,), values[0], "float32"
-        )
+        # One value per channel, or one for every channel (the builders accept both).
+        return np.broadcast_to(np.asarray(values, "float32"), (self.channels,))
 
     def normalize(self, pixels):
         """[0, 255] pixels (NumPy array or TensorFlow tensor, channels last) -> model input."""

@@ -361,7 +361,6 @@ class VisionTransformer(keras.Model):
             )
         shape = tuple(getattr(images, "shape", ()))
         expected = (self.image_size[0], self.image_size[1], self.channels)
-        scaled = self._input_words()
         if self.dynamic_image_size:
             step = self.patch_size  # times the stem's stride for hybrids: checked by the layers
             if len(shape) != 4 or shape[3] not in (None, self.channels) or any(
@@ -369,7 +368,7 @@ class VisionTransformer(keras.Model):
             ):
                 raise ValueError(
                     f"{self.name} expects images of shape (batch, height, width, {self.channels}), height "
-                    f"and width multiples of the patch size {step[0]}x{step[1]}, {scaled}; received shape {shape}."
+                    f"and width multiples of the patch size {step[0]}x{step[1]}, {self._input_words()}; received shape {shape}."
                 )
             return
         if len(shape) != 4 or any(
@@ -377,7 +376,7 @@ class VisionTransformer(keras.Model):
         ):
             raise ValueError(
                 f"{self.name} expects images of shape (batch, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}) ({expected[2]} channel{'s' if expected[2] > 1 else ''}), {scaled}; "
+                f"{expected[2]}) ({expected[2]} channel{'s' if expected[2] > 1 else ''}), {self._input_words()}; "
                 f"received shape {shape}. Resize the images, or build the model "
                 f"with image_size=/channels= to match them (or dynamic_image_size=True)."
             )
