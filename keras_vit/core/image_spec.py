@@ -58,16 +58,7 @@ class ImageSpec:
         """The spec of a keras_vit model (from its arguments), or of any Keras image
         classifier (its input shape and the original's defaults)."""
         if hasattr(model, "pixel_mean") and hasattr(model, "patch_size"):
-            return cls(
-                image_size=(None, None) if model.dynamic_image_size else tuple(model.image_size),
-                channels=model.channels,
-                mean=tuple(model.pixel_mean), std=tuple(model.pixel_std),
-                pixels_inside=bool(model.include_preprocessing),
-                interpolation=getattr(model, "interpolation", "bilinear"),
-                crop_fraction=float(getattr(model, "crop_fraction", 1.0)),
-                crop_mode=getattr(model, "crop_mode", "squash"),
-                class_names=None if model.class_names is None else tuple(model.class_names),
-            )
+            return cls.from_model_arguments(**model.get_config())
         shape = tuple(model.input_shape[1:])
         names = getattr(model, "class_names", None)
         return cls(
