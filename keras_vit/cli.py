@@ -24,6 +24,8 @@ import re
 import sys
 import threading
 
+from keras_vit.markdown import markdown_table
+
 # Lines the native runtimes write straight to file descriptor 2, whatever Python's logging says.
 _NATIVE_LOG_LINE = re.compile(
     rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"  # absl / TensorFlow C++ logging
@@ -173,16 +175,8 @@ def format_table(rows):
     if not rows:
         return ""
     columns = list(rows[0])
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     numeric = [isinstance(rows[0][c], (int, float)) and not isinstance(rows[0][c], bool) for c in columns]
-    lines += [
-        "| " + " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(r, widths, numeric)) + " |"
-        for r in cells
-    ]
-    return "\n".join(lines)
+    return markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows], numeric)
 
 
 def _cell(value):

@@ -32,6 +32,7 @@ from keras_vit.data import load_embedded_mnist, scale_pixels
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, decode_and_resize, list_image_files, read_images
 from keras_vit.deploy.latency import machine, measure_latency, thread_settings
 from keras_vit.deploy.tflite_forms import symmetric_matmul_operands, tflite_forms
+from keras_vit.markdown import markdown_table
 from keras_vit.deploy.artifacts import (
     BYTES_SIGNATURE,
     CALIBRATION_SAMPLES,
@@ -1072,8 +1073,9 @@ def format_manifest(manifest):
     the recommended file for each target."""
     latency = manifest.get("latency") or {}
     threads = latency.get("threads", {}).get("all_threads", "all")
-    rows = [["file", "format", "precision", "size (KiB)", "ms 1 thread", f"ms {threads} threads",
-             "max abs diff", "top-1 agreement", "accuracy", "verified"]]
+    header = ["file", "format", "precision", "size (KiB)", "ms 1 thread", f"ms {threads} threads",
+              "max abs diff", "top-1 agreement", "accuracy", "verified"]
+    rows = []
     for entry in manifest["artifacts"]:
         figures = entry.get("parity", {})
         accuracy = figures.get("accuracy")
@@ -1091,10 +1093,7 @@ def format_manifest(manifest):
                 "yes" if entry.get("verified") else "NO",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
+    lines = [markdown_table(header, rows)]
     lines.append(f"\nArtifacts in {manifest['export_dir']}; verified on {manifest['verification_data']}.")
     if latency:
         lines.append(f"Latency: batch 1, median of {latency['runs']} runs, measured {latency['measured_on']}.")

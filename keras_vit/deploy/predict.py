@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_vit.data.images import DEFAULT_MAX_PIXELS, expand_image_paths, read_images
 from keras_vit.deploy.artifacts import Artifact, load_artifact
+from keras_vit.markdown import markdown_table
 
 
 def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=DEFAULT_MAX_PIXELS):
@@ -61,13 +62,9 @@ def predict_files(artifact, image_paths, top_k=5, class_names=None, max_pixels=D
 
 def format_predictions(result):
     """A Markdown table of :func:`predict_files`' result: one row per image."""
-    rows = [["file", "prediction", "probability", "top-k"]]
+    rows = []
     for item in result["predictions"]:
         best = item["top_k"][0]
         others = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in item["top_k"])
         rows.append([item["file"], best["label"], f"{best['probability']:.4f}", others])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows[1:]]
-    return "\n".join(lines)
+    return markdown_table(["file", "prediction", "probability", "top-k"], rows)
