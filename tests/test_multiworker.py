@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
 
 from keras_vit.training import multiworker
@@ -27,13 +29,14 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_lower_the_loss_and_keep_identical_weights(tmp_path):
-    output = tmp_path / "run"
+def _train_on_two_workers(output, *arguments):
+    """Runs `keras-vit train --strategy multiworker` as two worker processes on localhost;
+    returns each worker's output once both have exited with status 0."""
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     command = [
         sys.executable, "-m", "keras_vit.cli", "train", "--strategy", "multiworker", "--hidden-size", "32",
-        "--num-layers", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--epochs", "2",
-        "--steps-per-epoch", "8", "--learning-rate", "0.01", "--warmup-epochs", "0", "--output", str(output), "--quiet",
+        "--num-layers", "1", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "16", "--learning-rate", "0.01",
+        "--warmup-epochs", "0", "--output", str(output), "--quiet", *arguments,
     ]  # fmt: skip
     processes = []
     for index in range(2):
@@ -57,6 +60,12 @@ def test_two_workers_train_lower_the_loss_and_keep_identical_weights(tmp_path):
                 process.wait()
     for process, text in zip(processes, outputs):
         assert process.returncode == 0, text[-4000:]
+    return outputs
+
+
+def test_two_workers_train_lower_the_loss_and_keep_identical_weights(tmp_path):
+    output = tmp_path / "run"
+    outputs = _train_on_two_workers(output, "--epochs", "2", "--steps-per-epoch", "8")
 
     # Both workers print their weights' SHA-256 after every epoch: identical, epoch by epoch.
     fingerprints = [re.findall(r"epoch (\d)/2: .* weights ([0-9a-f]{64})", text) for text in outputs]
@@ -75,6 +84,29 @@ def test_two_workers_train_lower_the_loss_and_keep_identical_weights(tmp_path):
     metrics = json.loads((output / "metrics.json").read_text())
     assert (metrics["replicas"], metrics["global_batch_size"], metrics["optimizer_steps"]) == (2, 32, 16)
     assert metrics["weights_sha256"] == fingerprints[0][1][1]
+
+
+def test_two_workers_train_in_mixed_bfloat16_with_xla_and_the_fine_tuning_tools(tmp_path):
+    output = tmp_path / "run"
+    outputs = _train_on_two_workers(
+        output, "--epochs", "1", "--steps-per-epoch", "4", "--precision", "mixed_bfloat16", "--jit-compile", "on",
+        "--ema-decay", "0.9", "--layer-decay", "0.75", "--random-erasing", "0.25",
+    )
+    # Both workers prepared the same run: the policy and XLA are those asked for.
+    for text in outputs:
+        assert "2 replica(s) x batch 16, mixed_bfloat16, jit_compile=True" in text, text[-2000:]
+    fingerprints = [re.findall(r"epoch 1/1: .* weights ([0-9a-f]{64})", text) for text in outputs]
+    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1]
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (metrics["precision"], metrics["jit_compile"], metrics["optimizer_steps"]) == ("mixed_bfloat16", True, 4)
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
+    model = keras.saving.load_model(output / "model.keras", compile=False)
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    # Mixed precision keeps float32 variables, and the saved weights are the average (ema_decay),
+    # not the trained ones the workers printed.
+    assert all(w.dtype == np.float32 and np.isfinite(w).all() for w in model.get_weights())
+    assert metrics["weights_sha256"] != fingerprints[0][0]
 
 
 def test_cluster_role_reads_tf_config(monkeypatch):

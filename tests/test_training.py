@@ -215,6 +215,41 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert all(np.isfinite(w).all() for w in kept.get_weights())
 
 
+# --------------------------------------------------------------------------- one preparation for both loops
+
+
+def test_prepare_computes_the_batch_arithmetic_and_numerics_once(tmp_path):
+    import dataclasses
+
+    import tensorflow as tf
+
+    from keras_vit.training.preparation import build_trainee, prepare
+
+    config = resolve_config(TrainConfig(**TINY, epochs=2, precision="mixed_bfloat16", jit_compile="on",
+                                        layer_decay=0.75, output=str(tmp_path / "run")))
+    prepared = prepare(config, tf.distribute.get_strategy(), verbose=0)
+    assert (prepared.replicas, prepared.global_batch, prepared.accumulation) == (1, 32, 1)
+    assert prepared.steps_per_epoch == prepared.datasets.train_examples // 32
+    assert (prepared.policy, prepared.jit_compile) == ("mixed_bfloat16", True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prepared.global_batch = 64
+    with prepared.precision():
+        model = build_trainee(prepared)
+    assert keras.config.dtype_policy().name == "float32"  # restored after the build
+    assert model.dtype_policy.name == "mixed_bfloat16" and model.optimizer.learning_rate_scales
+
+
+def test_multiworker_refuses_distillation_by_name_before_any_work(tmp_path, monkeypatch):
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(b"")  # only its existence is checked before the refusal
+    monkeypatch.delenv("TF_CONFIG", raising=False)  # refused before TF_CONFIG is even read
+    config = TrainConfig(**TINY, strategy="multiworker", teacher=str(teacher), output=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"teacher='.*teacher.keras' \(distillation\) is not supported by the "
+                                         r"multi-worker loop"):
+        train(config, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- gradient accumulation
 
 

@@ -31,20 +31,9 @@ from keras_vit.training.callbacks import (
     read_backup,
 )
 from keras_vit.training.config import TrainConfig, resolve_config
-from keras_vit.training.distillation import attach_teacher, load_teacher
 from keras_vit.training.ema import AveragedValidation, use_averaged_weights
-from keras_vit.training.recipes import (
-    accelerator,
-    accumulation_steps,
-    build_datasets,
-    build_model,
-    build_optimizer,
-    build_strategy,
-    compile_model,
-    multiworker_requested,
-    resolve_jit_compile,
-    resolve_precision,
-)
+from keras_vit.training.preparation import build_trainee, nan_stop_error, prepare, scratch_hint
+from keras_vit.training.recipes import build_datasets, build_strategy, compile_model, multiworker_requested
 
 # --------------------------------------------------------------------------- train
 def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False, verbose=1):
@@ -79,10 +68,6 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
     if config.strategy == "multiworker" or (config.strategy == "auto" and multiworker_requested()):
         from keras_vit.training import multiworker
 
-        used = [field for field in ("ema_decay", "layer_decay", "teacher") if getattr(config, field) is not None]
-        if used:
-            raise ValueError(f"Invalid configuration: {', '.join(used)} are not supported by the multi-worker loop yet; "
-                             f"train on one machine (strategy 'default' or 'mirrored').")
         return multiworker.train(config, resume=resume, overwrite=overwrite, verbose=verbose)
     run, resuming = lifecycle.start(config, resume=resume, overwrite=overwrite)
     try:
@@ -94,87 +79,20 @@ def train(config: Optional[TrainConfig] = None, *, resume=False, overwrite=False
 
 def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, verbose):
     # The run itself, with its folder locked by train().
-    device = accelerator(config.strategy)
-    strategy = build_strategy(config.strategy)
-    replicas = strategy.num_replicas_in_sync
-    accumulation = accumulation_steps(config, replicas)
-    if accumulation > 1 and replicas > 1:
-        # Keras's accumulation branch (a cond around the all-reduce) fails under fit with replicas.
-        raise ValueError(
-            f"Invalid configuration: total_batch_size={config.total_batch_size} needs gradient accumulation, "
-            f"which Keras's fit does not support with {replicas} replicas; set total_batch_size to the global "
-            f"batch {config.batch_size * replicas} or raise batch_size."
-        )
-    global_batch = config.batch_size * replicas
-    datasets = build_datasets(config, global_batch)
-    if datasets.batch_size is not None and datasets.batch_size < global_batch:
-        global_batch = datasets.batch_size
-        if verbose:
-            print(f"Batch {config.batch_size * replicas} capped at {global_batch}: the data holds "
-                  f"{datasets.train_examples} training images.")
-    if datasets.train_examples // global_batch < 1:
-        raise ValueError(
-            f"Invalid configuration: batch_size={config.batch_size} x {replicas} replicas = {global_batch} "
-            f"exceeds the {datasets.train_examples} training images."
-        )
-    steps_per_epoch = config.steps_per_epoch or datasets.train_examples // global_batch
-    _check_some_update(config, steps_per_epoch, accumulation, global_batch)
-    updates_per_epoch = max(1, steps_per_epoch // accumulation)
-    # The teacher is checked against the data's classes before the run folder is written.
-    teacher = None if config.teacher is None else load_teacher(
-        config.teacher, class_names=datasets.class_names, channels=config.channels)
-    policy = resolve_precision(config.precision, device)
-    jit_compile = resolve_jit_compile(config.jit_compile, device)
-
-    previous_rows = lifecycle.begin(run, config, datasets.class_names, resuming=resuming, overwrite=overwrite)
-
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        with strategy.scope():
-            model = build_model(config, datasets.num_classes, datasets.class_names)
-            optimizer = build_optimizer(config, updates_per_epoch, accumulation, replicas, model=model)
-            compile_model(model, config, optimizer, jit_compile=jit_compile)
-            if teacher is not None:
-                attach_teacher(model, teacher, kind=config.distillation, alpha=config.distillation_alpha,
-                               tau=config.distillation_tau, label_smoothing=config.label_smoothing)
+    prepared = prepare(config, build_strategy(config.strategy), loop="fit", verbose=verbose)
+    previous_rows = lifecycle.begin(run, config, prepared.datasets.class_names, resuming=resuming, overwrite=overwrite)
+    with prepared.precision():
+        model = build_trainee(prepared)
+        with prepared.strategy.scope():
             epoch, step = _restore(run, model) if resuming else (0, 0)
         # The backup's state is written last at an epoch's end: rows of later epochs are of a
         # kill before it, and the resumed run writes them again.
         previous_rows = [row for row in previous_rows if row["epoch"] < epoch]
-        best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
-        backup = Backup(run, initial_step=step)
-        callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
-        if config.ema_decay:
-            callbacks.insert(0, AveragedValidation())  # validation sees the average, as timm's EMA model
-        callbacks.append(StopOnSigterm(run, backup, sigterm, steps_per_epoch, config.epochs))  # last: see its doc
-        if verbose and config.weights is None and config.image_folder is not None:
-            print(f"Training {model.name} from scratch; starting from pretrained weights is the better road for "
-                  f"photos: add --weights with a timm or Hugging Face folder, hf://<org>/<name>, an .npz or a .keras "
-                  f"model (docs/fine-tuning.md).")
+        callbacks = _callbacks(prepared, run, previous_rows, step, sigterm)
         if verbose:
-            print(
-                f"Training {model.name} ({model.count_params():,} parameters) on {datasets.train_examples} "
-                f"images for {config.epochs} epochs: {replicas} replica(s) x batch {global_batch // replicas}"
-                f"{f' x {accumulation} accumulated' if accumulation > 1 else ''}, {policy}, "
-                f"jit_compile={jit_compile}; run folder {run.path}"
-                + (f" (resuming after epoch {len(previous_rows)})" if resuming and not step else "")
-                + (f" (resuming at epoch {epoch + 1} step {step}/{steps_per_epoch}, where it was preempted)"
-                   if step else "")
-            )
-        fit = dict(validation_data=datasets.validation, callbacks=callbacks, verbose=verbose, shuffle=False)
+            _announce(prepared, model, run, resuming, len(previous_rows), epoch, step)
         try:
-            # The stream skips the batches already trained on; a run resumed mid-epoch first
-            # finishes that epoch with the steps it has left, then goes on with whole epochs.
-            if step:  # (epochs=config.epochs and a stop after one, so that the bar says "Epoch E/epochs")
-                stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: setattr(model, "stop_training", True))
-                fit_one = {**fit, "callbacks": callbacks + [stop]}
-                model.fit(datasets.stream(epoch * steps_per_epoch + step), initial_epoch=epoch, epochs=config.epochs,
-                          steps_per_epoch=steps_per_epoch - step, **fit_one)
-                epoch += 1
-            if epoch < config.epochs:
-                model.fit(datasets.stream(epoch * steps_per_epoch), initial_epoch=epoch, epochs=config.epochs,
-                          steps_per_epoch=steps_per_epoch, **fit)
+            _fit_epochs(prepared, model, callbacks, epoch, step, verbose)
         except NaNLossError as error:
             rows = run.read_history()
             kept = (
@@ -182,31 +100,54 @@ def _fit(config: TrainConfig, run, resuming: bool, sigterm, *, overwrite: bool, 
                 if rows
                 else "no epoch completed, so there is no checkpoint"
             )
-            raise RuntimeError(
-                f"Training stopped: {error}; {kept}. Lower learning_rate (now {config.learning_rate}) "
-                f"or check the data, then train again with --overwrite."
-            ) from None
+            raise nan_stop_error(str(error), kept, config) from None
         use_averaged_weights(model)  # the average is what is saved and exported (no-op without ema_decay)
         return lifecycle.finish(
-            run, model, datasets=datasets, steps_per_epoch=steps_per_epoch, global_batch=global_batch,
-            previous_rows=previous_rows, resuming=resuming,
-            extra={"accumulation_steps": accumulation, "replicas": replicas, "strategy": config.strategy,
-                   "device": device, "precision": policy, "jit_compile": jit_compile,
-                   "resumed_at_step": step or None},
+            run, model, datasets=prepared.datasets, steps_per_epoch=prepared.steps_per_epoch,
+            global_batch=prepared.global_batch, previous_rows=previous_rows, resuming=resuming,
+            extra={**prepared.metrics(), "resumed_at_step": step or None},
         )
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
 
 
-def _check_some_update(config, steps_per_epoch, accumulation, global_batch):
-    # A run whose micro-batches never reach one optimizer update would end "finished" with its initial weights.
-    if config.epochs * steps_per_epoch < accumulation:
-        raise ValueError(
-            f"Invalid configuration: {config.epochs} epoch(s) x steps_per_epoch={steps_per_epoch} = "
-            f"{config.epochs * steps_per_epoch} micro-batches never reach one optimizer update, which accumulates "
-            f"{accumulation} (total_batch_size={config.total_batch_size} / global batch {global_batch}); expected at "
-            f"least {accumulation} steps in all: raise steps_per_epoch or epochs, or lower total_batch_size."
-        )
+def _callbacks(prepared, run, previous_rows, step, sigterm):
+    best = max((row.get("val_accuracy", -1.0) for row in previous_rows), default=None)
+    backup = Backup(run, initial_step=step)
+    callbacks = build_callbacks(run, best_val_accuracy=best, backup=backup)
+    if prepared.config.ema_decay:
+        callbacks.insert(0, AveragedValidation())  # validation sees the average, as timm's EMA model
+    # last: see its doc
+    callbacks.append(StopOnSigterm(run, backup, sigterm, prepared.steps_per_epoch, prepared.config.epochs))
+    return callbacks
+
+
+def _announce(prepared, model, run, resuming, epochs_done, epoch, step):
+    config, datasets = prepared.config, prepared.datasets
+    hint = scratch_hint(config, model.name)
+    if hint:
+        print(hint)
+    print(
+        f"Training {model.name} ({model.count_params():,} parameters) on {datasets.train_examples} "
+        f"images for {config.epochs} epochs: {prepared.describe()}; run folder {run.path}"
+        + (f" (resuming after epoch {epochs_done})" if resuming and not step else "")
+        + (f" (resuming at epoch {epoch + 1} step {step}/{prepared.steps_per_epoch}, where it was preempted)"
+           if step else "")
+    )
+
+
+def _fit_epochs(prepared, model, callbacks, epoch, step, verbose):
+    # The stream skips the batches already trained on; a run resumed mid-epoch first
+    # finishes that epoch with the steps it has left, then goes on with whole epochs.
+    config, datasets, steps_per_epoch = prepared.config, prepared.datasets, prepared.steps_per_epoch
+    fit = dict(validation_data=datasets.validation, callbacks=callbacks, verbose=verbose, shuffle=False)
+    if step:  # (epochs=config.epochs and a stop after one, so that the bar says "Epoch E/epochs")
+        stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: setattr(model, "stop_training", True))
+        fit_one = {**fit, "callbacks": callbacks + [stop]}
+        model.fit(datasets.stream(epoch * steps_per_epoch + step), initial_epoch=epoch, epochs=config.epochs,
+                  steps_per_epoch=steps_per_epoch - step, **fit_one)
+        epoch += 1
+    if epoch < config.epochs:
+        model.fit(datasets.stream(epoch * steps_per_epoch), initial_epoch=epoch, epochs=config.epochs,
+                  steps_per_epoch=steps_per_epoch, **fit)
 
 
 def _restore(run, model):

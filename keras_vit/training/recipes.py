@@ -39,10 +39,46 @@ def resolve_jit_compile(jit_compile, device):
     return jit_compile == "on"
 
 
-def multiworker_requested():
-    spec = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    workers = spec.get("cluster", {}).get("worker", [])
-    return len(workers) + len(spec.get("cluster", {}).get("chief", [])) > 1
+def tf_config() -> dict:
+    """The cluster description in ``TF_CONFIG`` (``{}`` when it is unset or empty).
+
+    Raises:
+        ValueError: if ``TF_CONFIG`` is not a JSON object.
+    """
+    text = os.environ.get("TF_CONFIG", "")
+    try:
+        spec = json.loads(text) if text else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); got {text!r}.") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object with a cluster and a task; got {text!r}.")
+    return spec
+
+
+def multiworker_requested() -> bool:
+    """Whether ``TF_CONFIG`` lists more than one worker (and chief) task."""
+    cluster = tf_config().get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
+
+
+def cluster_role():
+    """``(task_type, task_index, is_chief, num_workers)`` from ``TF_CONFIG``.
+
+    Raises:
+        ValueError: if ``TF_CONFIG`` is missing or does not describe a cluster and a task.
+    """
+    spec = tf_config()
+    cluster, task = spec.get("cluster", {}), spec.get("task", {})
+    if not cluster.get("worker") and not cluster.get("chief") or "type" not in task:
+        raise ValueError(
+            'strategy "multiworker" needs TF_CONFIG with a cluster and this task, e.g. '
+            '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}; '
+            f"got {os.environ.get('TF_CONFIG', '')!r}."
+        )
+    task_type, index = task["type"], int(task.get("index", 0))
+    has_chief = bool(cluster.get("chief"))
+    is_chief = task_type == "chief" or (not has_chief and task_type == "worker" and index == 0)
+    return task_type, index, is_chief, len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
 def build_strategy(name="auto"):
@@ -231,13 +267,18 @@ def build_optimizer(config: TrainConfig, updates_per_epoch: int, accumulation: i
     return optimizer
 
 
-def compile_model(model, config: TrainConfig, optimizer, jit_compile=False):
-    """Compiles with the recipe's loss (cross-entropy on logits, label smoothing) and accuracy."""
+def classification_loss(model, config: TrainConfig, reduction="sum_over_batch_size"):
+    """The recipe's loss: cross-entropy (on logits unless the head has an activation) with
+    label smoothing; ``reduction=None`` gives it per example, as a custom loop needs."""
     from_logits = getattr(model, "classifier_activation", None) is None
+    return keras.losses.CategoricalCrossentropy(
+        from_logits=from_logits, label_smoothing=config.label_smoothing, reduction=reduction
+    )
+
+
+def compile_model(model, config: TrainConfig, optimizer, jit_compile=False):
+    """Compiles with the recipe's loss (:func:`classification_loss`) and accuracy."""
     model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
+        optimizer=optimizer, loss=classification_loss(model, config), metrics=["accuracy"], jit_compile=jit_compile
     )
     return model
