@@ -1,7 +1,8 @@
 """Training with ``model.fit`` on tf.data under a tf.distribute strategy, and evaluation.
 
-``train(TrainConfig(...))`` resolves and checks a configuration, builds the data
-pipelines, the model and its optimizer inside the strategy's scope, and fits with
+``train(TrainConfig(...))`` resolves and checks a configuration, prepares the run
+(:mod:`keras_vit.training.preparation`: batch arithmetic, data, precision, XLA, the model
+and its optimizer inside the strategy's scope), and fits with
 callbacks that make the run crash-proof (a backup every epoch, and on SIGTERM at the
 next step), logged (``CSVLogger``, TensorBoard, a curve PNG) and safe from NaN losses.
 It fits on the data's endless stream (``Datasets.stream``), whose batches depend on the
