@@ -20,7 +20,6 @@ from typing import Dict, Optional
 import numpy as np
 
 from keras_vit.core.config import as_pair
-from keras_vit.core.layers import resample_grid
 from keras_vit.core.models import VisionTransformer
 from keras_vit.weights import huggingface, metadata, npz, timm
 from keras_vit.weights.huggingface import HF_LAYOUT_VERSION  # noqa: F401  (re-exported)
@@ -44,6 +43,7 @@ _FORMAT_MODULES = {"timm": timm, "huggingface": huggingface}
 timm_to_layout = timm.to_published_layout
 huggingface_to_layout = huggingface.to_published_layout
 timm_state_dict = timm.state_dict
+resample_timm_position_embedding = timm.resample_position_embedding
 huggingface_state_dict = huggingface.state_dict
 
 
@@ -151,14 +151,6 @@ def read_image_spec(source, *, cache_dir=None):
 
 
 # --------------------------------------------------------------------------- loading
-def resample_timm_position_embedding(posemb, old_grid, new_grid, num_prefix_tokens):
-    """timm's ``resample_abs_pos_embed``: prefix tokens kept, the grid resized by antialiased bicubic."""
-    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], -1)
-    resized = np.asarray(resample_grid(grid, new_grid, "bicubic")).reshape(1, new_grid[0] * new_grid[1], -1)
-    return np.concatenate([prefix, resized.astype(posemb.dtype)], axis=1)
-
-
 def _resample_to_model(arrays, model, stored_size, patch_size):
     """The checkpoint's position embeddings (of ``stored_size`` images) resampled in place
     to ``model``'s grid when it differs, as timm loads at another resolution."""
@@ -167,7 +159,7 @@ def _resample_to_model(arrays, model, stored_size, patch_size):
     if key not in arrays or not isinstance(model, VisionTransformer) or tuple(old_grid) == tuple(model.grid_size):
         return
     prefix_tokens = model.get_layer("embedding").num_embedded_prefix
-    arrays[key] = resample_timm_position_embedding(arrays[key], old_grid, model.grid_size, prefix_tokens)
+    arrays[key] = timm.resample_position_embedding(arrays[key], old_grid, model.grid_size, prefix_tokens)
     logger.warning("Position embeddings resampled from a %dx%d grid to %dx%d (antialiased bicubic, as timm "
                    "loads at another resolution).", *old_grid, *model.grid_size)
 

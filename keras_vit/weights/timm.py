@@ -15,6 +15,7 @@ from typing import Dict
 import numpy as np
 
 from keras_vit.core.config import as_pair
+from keras_vit.core.layers import resample_grid
 from keras_vit.weights import metadata, npz
 from keras_vit.weights.repository import (
     CONFIG_FILENAME,
@@ -82,6 +83,12 @@ def to_published_layout(tensors: Dict[str, np.ndarray], num_heads: int) -> Dict[
 def state_dict(model) -> Dict[str, np.ndarray]:
     """``model``'s weights under timm's names and PyTorch's shapes."""
     return from_layout(TABLE, layout_arrays(model))
+
+
+def resample_position_embedding(posemb, old_grid, new_grid, num_prefix_tokens):
+    """timm's ``resample_abs_pos_embed``: prefix tokens kept, the grid resized by antialiased bicubic."""
+    return npz.resample_grid_tokens(posemb, num_prefix_tokens, old_grid, new_grid,
+                                    lambda grid: resample_grid(grid[None], new_grid, "bicubic"))
 
 
 # --------------------------------------------------------------------------- reading the configuration
