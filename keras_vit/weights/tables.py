@@ -55,6 +55,9 @@ HEADS_OUT = Form(
 )
 
 
+ABSENT = ("error", "skip", "zeros")
+
+
 @dataclass(frozen=True)
 class Row:
     """``ours`` <-> ``theirs`` through ``form``.
@@ -69,6 +72,10 @@ class Row:
     theirs: str
     form: Form = SAME
     absent: str = "error"
+
+    def __post_init__(self):
+        if self.absent not in ABSENT:
+            raise ValueError(f"Row {self.theirs!r}: absent={self.absent!r}; expected one of {list(ABSENT)}.")
 
     @property
     def parts(self) -> Tuple[str, ...]:
@@ -104,9 +111,9 @@ def _blocks(names, block_pattern, base) -> list:
 def _expanded(table, names, block_pattern, base):
     """Every row with its names filled in: rows with ``{i}`` once per block of ``names``
     (their names when reading, ours when writing: ``block_pattern`` says where blocks start)."""
+    blocks = _blocks(names, block_pattern, base)
     for row in table.rows:
-        blocks = _blocks(names, block_pattern, base) if "{i}" in row.theirs else [None]
-        for i in blocks:
+        for i in blocks if "{i}" in row.theirs else [None]:
             yield row, tuple(name.format(i=i) for name in row.parts), row.theirs.format(base=base, i=i)
 
 
@@ -139,8 +146,8 @@ def from_layout(table: Table, arrays: Dict[str, np.ndarray], *, base: str = "") 
     for row, ours, theirs in _expanded(table, list(arrays), OUR_BLOCK, base):
         if ours[0] not in arrays and row.absent != "error":
             continue
-        tensors[theirs] = np.concatenate([row.form.write(arrays.pop(name)) for name in ours]) if len(ours) > 1 \
-            else row.form.write(arrays.pop(ours[0]))
+        parts = [row.form.write(arrays.pop(name)) for name in ours]
+        tensors[theirs] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if arrays:
         raise ValueError(f"weights without a {table.name} name: {sorted(arrays)}")
     return tensors
