@@ -13,17 +13,7 @@ from typing import Dict
 
 import numpy as np
 
-from keras_vit.weights import metadata, npz
-from keras_vit.weights.repository import (
-    CONFIG_FILENAME,
-    PREPROCESSOR_FILENAME,
-    WEIGHTS_FILENAME,
-    input_settings,
-    kept_channel_values,
-    one_or_pair,
-    refuse_unless,
-    source_settings,
-)
+from keras_vit.weights import metadata, npz, repository
 from keras_vit.weights.tables import (
     ATTENTION, CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, OUR_BLOCK, QKV, Row, Table, dense, from_layout, layout_arrays,
     norm, to_layout,
@@ -95,8 +85,8 @@ _PIL_RESAMPLE_READ = {**{code: name for name, code in _PIL_RESAMPLE.items()}, 1:
 # config.json key <-> VisionTransformer argument: the check that reads it, transformers' default,
 # how the model's value is written.
 _CONFIG_FIELDS = (
-    ("image_size", "image_size", metadata.size_pair, 224, one_or_pair),
-    ("patch_size", "patch_size", metadata.size_pair, 16, one_or_pair),
+    ("image_size", "image_size", metadata.size_pair, 224, repository.one_or_pair),
+    ("patch_size", "patch_size", metadata.size_pair, 16, repository.one_or_pair),
     ("hidden_size", "hidden_size", metadata.positive_int, 768, None),
     ("num_hidden_layers", "num_layers", metadata.positive_int, 12, None),
     ("num_attention_heads", "num_heads", metadata.positive_int, 12, None),
@@ -110,7 +100,7 @@ def _input_settings(preprocessor) -> dict:
     """ViTImageProcessor resizes both sides (bilinear by default), then crops only with do_center_crop."""
     resample = preprocessor.get("resample")
     interpolation = _PIL_RESAMPLE_READ.get(resample) if isinstance(resample, int) else None
-    return input_settings(interpolation, _crop_fraction(preprocessor), None, ("bilinear", 1.0, "squash"))
+    return repository.input_settings(interpolation, _crop_fraction(preprocessor), None, ("bilinear", 1.0, "squash"))
 
 
 def _crop_fraction(preprocessor):
@@ -127,7 +117,7 @@ def _crop_fraction(preprocessor):
 def _normalization(folder, channels):
     """``(preprocessor_config.json as read, mean, std)``; no normalisation is mean 0, std 1."""
     preprocessor = {}
-    processor_path = os.path.join(folder, PREPROCESSOR_FILENAME)
+    processor_path = os.path.join(folder, repository.PREPROCESSOR_FILENAME)
     if os.path.isfile(processor_path):
         preprocessor = metadata.read_json_object(processor_path)
     mean, std = (0.0,) * channels, (1.0,) * channels
@@ -139,11 +129,11 @@ def _normalization(folder, channels):
 
 def arguments(config: dict, folder, tensors) -> dict:
     """VisionTransformer arguments of a Hugging Face ViT repository."""
-    path = os.path.join(folder, CONFIG_FILENAME)
+    path = os.path.join(folder, repository.CONFIG_FILENAME)
     activation = metadata.string(config, "hidden_act", path, "gelu")
     if activation not in _GELUS:
         raise metadata.refuse(path, "hidden_act", activation, f"one of {sorted(_GELUS)}")
-    metadata.check_tensors(tensors, metadata.HF_RANKS, os.path.join(folder, WEIGHTS_FILENAME))
+    metadata.check_tensors(tensors, metadata.HF_RANKS, os.path.join(folder, repository.WEIGHTS_FILENAME))
     result = {ours: read(config, theirs, path, default) for theirs, ours, read, default, _ in _CONFIG_FIELDS}
     preprocessor, mean, std = _normalization(folder, result["channels"])
     result.update(
@@ -178,12 +168,13 @@ HF_LAYOUT_VERSION = "5.23.0"
 
 def check_writable(model):
     """The Hugging Face-only refusals (the common ones are :func:`keras_vit.weights.hub` 's)."""
-    refuse_unless(model.pooling == "token", model, "pooling", "Hugging Face's ViT pools the class token", "huggingface")
+    refuse = repository.refuse_unless
+    refuse(model.pooling == "token", model, "pooling", "Hugging Face's ViT pools the class token", "huggingface")
     for option in ("norm_after_pooling", "num_register_tokens", "distillation_token", "layer_scale_init",
                    "patch_position_embedding_only", "dynamic_image_size"):
-        refuse_unless(not getattr(model, option), model, option, "Hugging Face's ViT has no such option", "huggingface")
-    refuse_unless(model.position_embedding == "learned", model, "position_embedding",
-                  "Hugging Face's ViT always adds position embeddings", "huggingface")
+        refuse(not getattr(model, option), model, option, "Hugging Face's ViT has no such option", "huggingface")
+    refuse(model.position_embedding == "learned", model, "position_embedding",
+           "Hugging Face's ViT always adds position embeddings", "huggingface")
 
 
 def _config(model) -> dict:
@@ -211,7 +202,7 @@ def _config(model) -> dict:
 
 
 def _preprocessor(model) -> dict:
-    source = source_settings(model, "huggingface")
+    source = repository.source_settings(model, "huggingface")
     preprocessor = {
         "do_normalize": True, "do_rescale": True, "do_resize": True,
         "image_processor_type": "ViTImageProcessor", "rescale_factor": 1 / 255, **source,
@@ -222,8 +213,9 @@ def _preprocessor(model) -> dict:
     identity = model.pixel_mean == (0.0,) * model.channels and model.pixel_std == (1.0,) * model.channels
     if not (identity and source.get("do_normalize") is False):  # else the source's own "no normalisation"
         preprocessor["do_normalize"] = True
-        preprocessor["image_mean"] = kept_channel_values(source, "image_mean", model.pixel_mean, model.channels)
-        preprocessor["image_std"] = kept_channel_values(source, "image_std", model.pixel_std, model.channels)
+        kept = repository.kept_channel_values
+        preprocessor["image_mean"] = kept(source, "image_mean", model.pixel_mean, model.channels)
+        preprocessor["image_std"] = kept(source, "image_std", model.pixel_std, model.channels)
     return dict(sorted(preprocessor.items()))
 
 
