@@ -20,7 +20,15 @@ import os
 from typing import Dict, Optional
 
 from keras_vit import run_folder
-from keras_vit.core.config import ARGUMENT_NAMES, did_you_mean, is_int, is_number, optional_fields, refuse
+from keras_vit.core.config import (
+    ARGUMENT_NAMES,
+    decode_variant,
+    did_you_mean,
+    is_int,
+    is_number,
+    optional_fields,
+    refuse,
+)
 
 RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -91,31 +99,7 @@ class DataConfig:
     random_erasing: Optional[float] = None
 
 
-def _builder_arguments(model) -> dict:
-    """The model section's builder arguments that are set (None: the builder's default)."""
-    return {name: value for name, value in dataclasses.asdict(model).items()
-            if name in ARGUMENT_NAMES and value is not None}
-
-
-# The builder's own fields (names and defaults from VisionTransformerConfig), in this order.
-ModelConfig = dataclasses.make_dataclass(
-    "ModelConfig",
-    [
-        ("variant", Optional[str], dataclasses.field(default=None)),
-        *optional_fields(
-            ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size", "channels", "pooling",
-             "dropout", "drop_path_rate", "representation_size", "pixel_mean", "pixel_std", "interpolation",
-             "crop_fraction", "crop_mode"),
-            keep_defaults=("dropout", "drop_path_rate"),
-        ),
-        ("weights", Optional[str], dataclasses.field(default=None)),
-        ("name", Optional[str], dataclasses.field(default=None)),
-        *optional_fields(
-            ("resnet", "position_embedding", "layer_norm_epsilon", "gelu", "layer_scale_init", "num_register_tokens",
-             "distillation_token", "norm_after_pooling", "patch_position_embedding_only", "position_resampling"),
-        ),
-    ],
-    namespace={"__module__": __name__, "__doc__": """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
+_MODEL_SECTION_DOC = """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
 
 variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
     (``Ti/4`` at width 64, 4 blocks), the checkpoint's architecture with ``weights``,
@@ -139,7 +123,38 @@ name, resnet, position_embedding, layer_norm_epsilon, gelu, layer_scale_init,
     num_register_tokens, distillation_token, norm_after_pooling,
     patch_position_embedding_only, position_resampling: as
     ``keras_vit.ViT``; ``None`` is the checkpoint's value, else the builder's default.
-""", "builder_arguments": _builder_arguments},
+"""
+
+
+def _builder_arguments(model) -> dict:
+    """The arguments ``ViT(variant, **fields)`` builds with: the fields that are set (None
+    takes the builder's default) and a hybrid variant's ResNet stem."""
+    arguments = {name: value for name, value in dataclasses.asdict(model).items()
+                 if name in ARGUMENT_NAMES and value is not None}
+    if model.variant is not None and "resnet" not in arguments:
+        arguments["resnet"] = decode_variant(model.variant).resnet
+    return arguments
+
+
+# The builder's own fields (names and defaults from VisionTransformerConfig), in this order.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [
+        ("variant", Optional[str], dataclasses.field(default=None)),
+        *optional_fields(
+            ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size", "channels", "pooling",
+             "dropout", "drop_path_rate", "representation_size", "pixel_mean", "pixel_std", "interpolation",
+             "crop_fraction", "crop_mode"),
+            keep_defaults=("dropout", "drop_path_rate"),
+        ),
+        ("weights", Optional[str], dataclasses.field(default=None)),
+        ("name", Optional[str], dataclasses.field(default=None)),
+        *optional_fields(
+            ("resnet", "position_embedding", "layer_norm_epsilon", "gelu", "layer_scale_init", "num_register_tokens",
+             "distillation_token", "norm_after_pooling", "patch_position_embedding_only", "position_resampling"),
+        ),
+    ],
+    namespace={"__module__": __name__, "__doc__": _MODEL_SECTION_DOC, "builder_arguments": _builder_arguments},
 )
 
 
