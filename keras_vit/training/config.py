@@ -20,15 +20,7 @@ import os
 from typing import Dict, Optional
 
 from keras_vit import run_folder
-from keras_vit.core.config import (
-    ARGUMENT_NAMES,
-    decode_variant,
-    did_you_mean,
-    is_int,
-    is_number,
-    optional_fields,
-    refuse,
-)
+from keras_vit.core.config import ARGUMENT_NAMES, decode_variant, did_you_mean, is_int, is_number, optional_fields, refuse
 
 RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
