@@ -2,6 +2,10 @@
 
 A variant is written as big_vision writes it: ``"B/16"`` is the Base width/depth with
 16x16 patches, ``"R50+B/16"`` the hybrid with a ResNet-50 stem (see ``hybrid.py``).
+
+:class:`VisionTransformerConfig` is the one statement of a model's arguments, their
+defaults and their checks; the builder, ``get_config``, the input contract and the
+training configuration's model section are read from it. Plain Python: no Keras import.
 """
 
 from __future__ import annotations
@@ -136,8 +140,8 @@ def check_divisible(image_size, patch_size, stride: int = 1) -> Tuple[int, int]:
     """Returns the patch grid (rows, columns) of ``image_size`` cut into ``patch_size``
     patches after a stem of ``stride``, refusing a size that does not divide.
 
-    The one place this check is written: the model configuration and the training
-    configuration call it before anything is built.
+    The one place this check is written: :class:`VisionTransformerConfig` calls it, and
+    the builders and the training configuration make one before anything is built.
     """
     size, patch = as_pair(image_size, "image_size"), as_pair(patch_size, "patch_size")
     step = (patch[0] * stride, patch[1] * stride)

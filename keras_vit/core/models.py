@@ -122,7 +122,9 @@ class VisionTransformer(keras.Model):
     images -> [ResNet stem] -> Patches -> PatchEncoder -> TransformerBlock x L ->
     ``encoder_norm`` -> pool (class token or mean) -> [``pre_logits`` Dense + tanh] ->
     ``head``. Layer names follow the original checkpoints (``encoderblock_{i}``,
-    ``encoder_norm``, ``pre_logits``, ``head``).
+    ``encoder_norm``, ``pre_logits``, ``head``). The arguments below are checked and kept
+    as one frozen :class:`~keras_vit.core.config.VisionTransformerConfig`
+    (``model.model_config``), which ``get_config`` returns and the graph is built from.
 
     Args:
         image_size: int or (height, width); each a multiple of the patch size (times the
