@@ -275,34 +275,25 @@ def _run_benchmark(args):
         raise ValueError(f"--output {args.output!r} already exists; pass --overwrite to replace it.")
     if args.artifacts:
         report = benchmark.benchmark_artifacts(args.artifacts, runs=args.runs, clock=args.clock)
-        print(json.dumps(report, indent=2) if args.json else benchmark.format_artifact_results(report))
-        if args.output:
-            from keras_vit.files import write_json
-
-            write_json(args.output, report)
-        return 1 if any("error" in r["latency_ms"] for r in report["results"]) else 0
-    backends = args.backend.split(",")
-    peers = benchmark.select_peers(args.peers)
-    if args.variant:
-        cases = benchmark.custom_suite(
-            args.variant, args.mode.split(","), args.dtype.split(","), backends,
-            image_size=args.image_size, batch=args.batch_size, jit_compile=args.jit_compile == "on",
-            min_seconds=args.seconds, peers=peers,
-        )
+        table = benchmark.format_artifact_results(report)
     else:
-        cases = benchmark.standard_suite(backends, peers=peers)
-    results = benchmark.run_suite(cases, progress=not args.quiet)
-    report = {"machine": benchmark.machine_description(), "results": results}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"machine: {report['machine']}")
-        print(benchmark.format_results(results))
+        backends, peers = args.backend.split(","), benchmark.select_peers(args.peers)
+        if args.variant:
+            cases = benchmark.custom_suite(
+                args.variant, args.mode.split(","), args.dtype.split(","), backends,
+                image_size=args.image_size, batch=args.batch_size, jit_compile=args.jit_compile == "on",
+                min_seconds=args.seconds, peers=peers,
+            )
+        else:
+            cases = benchmark.standard_suite(backends, peers=peers)
+        report = benchmark.suite_report(cases, progress=not args.quiet)
+        table = f"machine: {report['machine']}\n" + benchmark.format_results(report["results"])
+    print(json.dumps(report, indent=2) if args.json else table)
     if args.output:
         from keras_vit.files import write_json
 
         write_json(args.output, report)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if benchmark.report_has_errors(report) else 0
 
 
 # --------------------------------------------------------------------------- main

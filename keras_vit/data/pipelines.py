@@ -406,16 +406,15 @@ def tfds_dataset(
         batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip,
         eval_crop_fraction=eval_crop_fraction, randaugment=randaugment, mixup=mixup, cutmix=cutmix,
         random_erasing=random_erasing, image_spec=image_spec)
-    source = tfds_source(name, data_dir=data_dir, download=download, train_split=train_split,
-                         validation_split=validation_split, seed=seed)
+    train, validation, num_classes, class_names, train_examples, validation_examples = tfds_source(
+        name, data_dir=data_dir, download=download, train_split=train_split, validation_split=validation_split,
+        seed=seed)
     train, validation, stream = _build_pipelines(
-        source.train, source.validation, preprocessing, num_classes=source.num_classes, batch_size=batch_size,
-        shuffle_buffer=min(source.train_examples, 10_000), seed=seed, cache=cache,
-        train_examples=source.train_examples,
+        train, validation, preprocessing, num_classes=num_classes, batch_size=batch_size,
+        shuffle_buffer=min(train_examples, 10_000), seed=seed, cache=cache, train_examples=train_examples,
     )
     return Datasets(
-        train, validation, source.num_classes, source.class_names, source.train_examples, source.validation_examples,
-        stream=stream,
+        train, validation, num_classes, class_names, train_examples, validation_examples, stream=stream
     )
 
 

@@ -3,20 +3,6 @@ order, and what the pipelines need to know about it (classes, names, example cou
 
 from __future__ import annotations
 
-import dataclasses
-
-
-@dataclasses.dataclass
-class TfdsSource:
-    """A TFDS dataset's two splits as ``(uint8 image, int label)`` datasets, with its facts."""
-
-    train: object
-    validation: object
-    num_classes: int
-    class_names: list
-    train_examples: int
-    validation_examples: int
-
 
 def prepared_builder(name, data_dir=None, download=False):
     """The TFDS builder of ``name``, prepared in ``data_dir`` (downloaded only when asked)."""
@@ -46,7 +32,12 @@ def prepared_builder(name, data_dir=None, download=False):
 
 def tfds_source(name, *, data_dir=None, download=False, train_split="train", validation_split=None, seed=0):
     """Reads the training and validation splits of ``name`` (see
-    :func:`keras_vit.data.pipelines.tfds_dataset` for the arguments and errors)."""
+    :func:`keras_vit.data.pipelines.tfds_dataset` for the arguments and errors).
+
+    Returns:
+        ``(train, validation, num_classes, class_names, train_examples, validation_examples)``:
+        the splits as ``(uint8 image, int label)`` datasets, then what :class:`Datasets` reports.
+    """
     import tensorflow_datasets as tfds
 
     builder = prepared_builder(name, data_dir, download)
@@ -67,7 +58,7 @@ def tfds_source(name, *, data_dir=None, download=False, train_split="train", val
                 f"TFDS dataset {name!r} has no split {split!r} ({error}); its splits are {splits}."
             ) from None
     label_feature = builder.info.features["label"]
-    return TfdsSource(
+    return (
         sources["train"], sources["validation"], label_feature.num_classes, list(label_feature.names),
         builder.info.splits[train_split].num_examples, builder.info.splits[validation_split].num_examples,
     )
