@@ -28,7 +28,7 @@ def time_interleaved(functions, min_seconds: float, min_calls: int = 3, warmup: 
 
     The machine's speed drifts (a shared VM): timing a model and the matmul peak in
     alternation gives their ratio under the same conditions. Within a round each function
-    runs about as long as the slowest one (a 50 ms matmul repeated to match a 3 s training
+    runs about as long as the slowest one (a short matmul repeated to match a long training
     step), so that both sample the same stretches of time equally.
     """
     for _ in range(warmup):
@@ -179,7 +179,7 @@ def speedup_case(
 
     The float32 model, one model per policy and the matmuls of both compute dtypes are
     timed in alternation in this one process, so that the ratios compare the same
-    stretches of a drifting machine (separate cases, minutes apart, do not; docs/performance.md).
+    stretches of a drifting machine (separate cases, minutes apart, do not: docs/performance.md).
     ``matmul_speedup`` is the hardware's own ratio for the same dtypes: the bound on what
     a model whose time is mostly matmuls can gain.
     """
