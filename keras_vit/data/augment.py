@@ -251,6 +251,10 @@ def _mix(layer, images, labels):
     return tf.cast(mixed["images"], tf.float32), tf.cast(mixed["labels"], tf.float32)
 
 
+# The options every source's pipelines take as keywords beside its own (``**augmentation``).
+AUGMENTATION_OPTIONS = ("eval_crop_fraction", "randaugment", "mixup", "cutmix", "random_erasing", "image_spec")
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """What turns a source's images into model input, checked once by :meth:`checked`.
@@ -271,11 +275,19 @@ class Preprocessing:
     image_spec: object = None
 
     @classmethod
-    def checked(cls, *, batch_size=None, image_size, **options):
-        """Checks the options (:func:`check_options`) before any file is read; returns them."""
-        size = check_options(image_size=image_size, batch_size=batch_size,
-                             **{k: v for k, v in options.items() if k != "image_spec"})
-        return cls(image_size=size, **options)
+    def checked(cls, *, batch_size=None, image_size, channels, crop, flip, **augmentation):
+        """Checks the options (:func:`check_options`) before any file is read; returns them.
+
+        ``augmentation`` holds any of :data:`AUGMENTATION_OPTIONS`; another name is a ``TypeError``.
+        """
+        unknown = sorted(set(augmentation) - set(AUGMENTATION_OPTIONS))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}; the pipelines take {list(AUGMENTATION_OPTIONS)} "
+                            f"beside their own arguments.")
+        checked = {name: value for name, value in augmentation.items() if name != "image_spec"}
+        size = check_options(image_size=image_size, channels=channels, crop=crop, flip=flip, batch_size=batch_size,
+                             **checked)
+        return cls(size, channels, crop, flip, **augmentation)
 
     def spec(self):
         """The model's input contract: ``image_spec``, or [-1, 1] pixels, bilinear, no crop."""

@@ -219,13 +219,8 @@ def embedded_mnist(
     channels=1,
     crop="translate",
     flip=False,
-    eval_crop_fraction=None,
-    randaugment=None,
-    mixup=None,
-    cutmix=None,
-    image_spec=None,
-    random_erasing=None,
     seed=None,
+    **augmentation,
 ):
     """Pipelines over the embedded MNIST digits with the fixed 4,000 / 1,000 split.
 
@@ -236,13 +231,15 @@ def embedded_mnist(
         crop: ``"translate"`` (default: random shifts; an inception crop would cut digits
             apart), ``"inception"`` or ``"none"``.
         flip: horizontal flips; off by default because a mirrored digit is another glyph.
+        seed: shuffling and augmentation seed.
+        **augmentation: any of the keywords below (the same for every source;
+            :data:`keras_vit.data.augment.AUGMENTATION_OPTIONS`), each None by default.
         eval_crop_fraction: see :func:`preprocess_for_eval` (default: the image spec's).
         randaugment: None, or ``(num_ops, magnitude)`` for ``keras.layers.RandAugment``.
         mixup: None, or the alpha of ``keras.layers.MixUp``.
         cutmix: None, or the factor of ``keras.layers.CutMix``.
         random_erasing: None, or the probability of timm's RandomErasing (per-pixel
             noise in one rectangle of each training image; :mod:`keras_vit.data.erasing`).
-        seed: shuffling and augmentation seed.
         image_spec: the model's :class:`keras_vit.core.image_spec.ImageSpec`: images
             come out as that model takes them (mean/std, or [0, 255] pixels), resized for
             evaluation with its interpolation and crop. Default: [-1, 1], bilinear, no crop.
@@ -256,9 +253,7 @@ def embedded_mnist(
     import tensorflow as tf
 
     preprocessing = Preprocessing.checked(
-        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip,
-        eval_crop_fraction=eval_crop_fraction, randaugment=randaugment, mixup=mixup, cutmix=cutmix,
-        random_erasing=random_erasing, image_spec=image_spec)
+        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip, **augmentation)
     (x_train, y_train), (x_val, y_val) = load_embedded_mnist()
     train, validation, stream = _build_pipelines(
         tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train)),
@@ -282,16 +277,11 @@ def image_folder(
     channels=3,
     crop="inception",
     flip=True,
-    eval_crop_fraction=None,
-    randaugment=None,
-    mixup=None,
-    cutmix=None,
-    image_spec=None,
-    random_erasing=None,
     seed=0,
     cache=False,
     max_pixels=None,
     shrink_batch=False,
+    **augmentation,
 ):
     """Pipelines over folders of JPEG/PNG images, one sub-folder per class.
 
@@ -318,9 +308,7 @@ def image_folder(
         ValueError: for an invalid argument, or a folder without readable images.
     """
     preprocessing = Preprocessing.checked(
-        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip,
-        eval_crop_fraction=eval_crop_fraction, randaugment=randaugment, mixup=mixup, cutmix=cutmix,
-        random_erasing=random_erasing, image_spec=image_spec)
+        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip, **augmentation)
     paths, labels, class_names, skipped = scan_image_folder(directory, max_pixels=max_pixels)
     if len(class_names) < 2:
         raise ValueError(
@@ -365,14 +353,9 @@ def tfds_dataset(
     channels=3,
     crop="inception",
     flip=True,
-    eval_crop_fraction=None,
-    randaugment=None,
-    mixup=None,
-    cutmix=None,
-    image_spec=None,
-    random_erasing=None,
     seed=0,
     cache=False,
+    **augmentation,
 ):
     """Pipelines over a TensorFlow Datasets image-classification dataset.
 
@@ -403,9 +386,7 @@ def tfds_dataset(
             features, an unknown split, or another invalid argument.
     """
     preprocessing = Preprocessing.checked(
-        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip,
-        eval_crop_fraction=eval_crop_fraction, randaugment=randaugment, mixup=mixup, cutmix=cutmix,
-        random_erasing=random_erasing, image_spec=image_spec)
+        batch_size=batch_size, image_size=image_size, channels=channels, crop=crop, flip=flip, **augmentation)
     train, validation, num_classes, class_names, train_examples, validation_examples = tfds_source(
         name, data_dir=data_dir, download=download, train_split=train_split, validation_split=validation_split,
         seed=seed)
