@@ -42,7 +42,8 @@ from keras_vit.deploy.layout import (  # noqa: F401 (the names export and its ca
     tflite_filename,
 )
 from keras_vit.deploy.manifest import artifact_checksum, read_beside  # noqa: F401 (artifact_checksum: re-exported)
-from keras_vit.deploy.serving import (  # noqa: F401 (model_*: re-exported)
+from keras_vit.deploy.serving import (  # noqa: F401 (model_* and parse_class_names: re-exported)
+    ServingSpec,
     model_image_spec,
     model_input_spec,
     model_output_kind,
@@ -186,14 +187,15 @@ class KerasArtifact(Artifact):
     def __init__(self, path, class_names=None):
         super().__init__(path, class_names)
         self.model = load_keras_model(path)
-        height, width, self.channels = model_input_spec(self.model)
+        serving = ServingSpec.of(self.model)
+        height, width, self.channels = serving.input_shape
         self.image_size = (height, width)
-        self.num_classes = int(self.model.outputs[0].shape[-1])
+        self.num_classes = serving.num_classes
         self._finish(
             # A run's names; else those the model carries (a checkpoint's id2label).
             class_names=run_folder.of_model(path).class_names() or getattr(self.model, "class_names", None),
-            output_kind=model_output_kind(self.model),
-            image_spec=model_image_spec(self.model),
+            output_kind=serving.output_kind,
+            image_spec=serving.image_spec,
         )
 
     def _run_batch(self, images):
