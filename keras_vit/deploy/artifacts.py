@@ -230,6 +230,10 @@ class SavedModelArtifact(Artifact):
     def _run_batch(self, images):
         return self._function(images=images)["outputs"].numpy()
 
+    def signature(self, name):
+        """The loaded SavedModel's signature ``name`` (e.g. the bytes ``serving_default``)."""
+        return self._loaded.signatures[name]
+
     @classmethod
     def latency_runner(cls, path, image, threads=None):
         # TensorFlow fixes its thread pools when it starts: the process's own count is used.

@@ -66,9 +66,17 @@ class Exporter:
     def verify(self, path, model, serving, reference):
         """``(figures, problem)``: the artifact's parity with Keras, opened by its reader, and
         why it fails its tolerance (None when it passes)."""
-        figures = parity(reference.outputs, self.reader(path).run(reference.images), reference.labels)
+        artifact = self.reader(path)
+        figures = parity(reference.outputs, artifact.run(reference.images), reference.labels)
         tolerance = self.precision if self.precision in ("float32", "float16") else "int8"
-        return figures, check_parity(figures, tolerance, reference.scale, reference.tolerances)
+        problem = check_parity(figures, tolerance, reference.scale, reference.tolerances)
+        more = self.verify_more(artifact, figures, model, serving, reference)  # its figures are recorded either way
+        return figures, more if problem is None else problem
+
+    def verify_more(self, artifact, figures, model, serving, reference):
+        """Checks of this format beyond parity, on the opened ``artifact``: adds its figures to
+        ``figures`` and returns why it fails (None when it passes)."""
+        return None
 
 
 def run_artifact(path, images, kind=None):

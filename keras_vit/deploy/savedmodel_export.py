@@ -76,9 +76,9 @@ def _images_function(model, serving):
     return serve_images
 
 
-def bytes_signature_parity(directory, model, images, serving):
-    """Top-1 agreement of the bytes signature with Keras on the same images as PNG files,
-    prepared for Keras by the reader ``predict`` uses."""
+def bytes_signature_parity(signature, model, images, serving):
+    """Top-1 agreement of the bytes ``signature`` (a loaded ``serving_default``) with Keras
+    on the same images as PNG files, prepared for Keras by the reader ``predict`` uses."""
     import tensorflow as tf
 
     spec = serving.image_spec
@@ -87,7 +87,7 @@ def bytes_signature_parity(directory, model, images, serving):
     encoded = tf.constant([tf.io.encode_png(image).numpy() for image in pixels])
     decoded = np.stack([decode_and_resize(data, spec).numpy() for data in encoded])
     keras_top1 = np.asarray(model(decoded, training=False)).argmax(-1)
-    result = tf.saved_model.load(directory).signatures[BYTES_SIGNATURE](images=encoded)
+    result = signature(images=encoded)
     top1 = result["top_k_ids"].numpy()[:, 0]
     return {
         "num_images": int(len(pixels)),
@@ -120,11 +120,12 @@ class SavedModelExporter(Exporter):
             FLOAT_SIGNATURE: {"input": serving.input_entry(), "outputs": ["outputs", "probabilities"]},
         }}
 
-    def verify(self, path, model, serving, reference):
-        figures, problem = super().verify(path, model, serving, reference)
-        bytes_figures = figures["bytes_signature"] = bytes_signature_parity(path, model, reference.images[:64], serving)
-        if problem is None and bytes_figures["top1_agreement"] < 1.0:
-            problem = f"bytes signature top-1 agrees with Keras on {bytes_figures['top1_agreement']:.2%} only"
-        if problem is None and not bytes_figures["all_ok"]:
-            problem = "bytes signature reports valid PNG images as not ok"
-        return figures, problem
+    def verify_more(self, artifact, figures, model, serving, reference):
+        bytes_figures = figures["bytes_signature"] = bytes_signature_parity(
+            artifact.signature(BYTES_SIGNATURE), model, reference.images[:64], serving
+        )
+        if bytes_figures["top1_agreement"] < 1.0:
+            return f"bytes signature top-1 agrees with Keras on {bytes_figures['top1_agreement']:.2%} only"
+        if not bytes_figures["all_ok"]:
+            return "bytes signature reports valid PNG images as not ok"
+        return None
