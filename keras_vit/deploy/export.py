@@ -14,6 +14,11 @@ and return its raw output (logits unless the model was built with a
 JPEG/PNG/BMP/GIF bytes of any size and does the spec's preprocessing itself (EXIF
 orientation, resize, crop, normalisation). The spec is written to the manifest
 (``image_spec``) and the ONNX metadata, so ``load_artifact`` reads it back.
+
+The walk: the model's serving facts are computed once (:class:`ServingSpec`), the
+verification data read and the Keras reference outputs computed once (:class:`Reference`),
+then each exporter of :func:`keras_vit.deploy.formats.plan` writes, describes and verifies
+its file in a staging folder, which replaces the output folder once the manifest is written.
 """
 
 from __future__ import annotations
