@@ -93,10 +93,13 @@ def mnist_validation():
 
 
 def pytest_collection_modifyitems(items):
-    # Any test that uses the trained MNIST run is slow (the training takes minutes).
     for item in items:
-        if {"mnist_run", "readme_session"} & set(getattr(item, "fixturenames", ())):
+        uses_main_job = bool({"mnist_run", "readme_session"} & set(getattr(item, "fixturenames", ())))
+        if uses_main_job:  # the training takes minutes
             item.add_marker(pytest.mark.slow)
+        # With pytest-xdist's --dist loadgroup (scripts/test.sh), a group runs in one worker:
+        # the main job is trained by one worker only, and a file's module fixtures are built once.
+        item.add_marker(pytest.mark.xdist_group("main_job" if uses_main_job else item.nodeid.split("::")[0]))
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -359,3 +359,19 @@ def test_every_crop_and_augmentation_on_a_tfds_dataset(tmp_path, crop, augmentat
     images, labels = next(iter(datasets.train))
     assert images.shape == (4, 16, 16, 3) and labels.shape == (4, 2)
     assert np.isfinite(images.numpy()).all() and -1.0 <= images.numpy().min() and images.numpy().max() <= 1.0
+
+
+def test_hold_out_validation_keeps_each_class_on_both_sides_and_follows_the_seed():
+    from keras_vit.data.folders import hold_out_validation
+
+    paths = [f"{name}/{i}.png" for name, count in (("cat", 10), ("dog", 3)) for i in range(count)]
+    labels = [0] * 10 + [1] * 3
+    split = hold_out_validation(paths, labels, ["cat", "dog"], "pets", 0.2, seed=1)
+    train_paths, train_labels, val_paths, val_labels = split
+    assert sorted(train_paths + val_paths) == sorted(paths) and not set(train_paths) & set(val_paths)
+    assert val_labels.count(0) == 2 and val_labels.count(1) == 1  # round(3 * 0.2) = 1: at least one held out
+    assert [label for path, label in zip(train_paths, train_labels) if path.startswith("dog")] == [1, 1]
+    assert hold_out_validation(paths, labels, ["cat", "dog"], "pets", 0.2, seed=1) == split
+    assert hold_out_validation(paths, labels, ["cat", "dog"], "pets", 0.2, seed=2)[2] != val_paths
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\); got 1.5"):
+        hold_out_validation(paths, labels, ["cat", "dog"], "pets", 1.5, seed=1)

@@ -21,7 +21,7 @@ import keras_vit
 from keras_vit.cli import main
 from keras_vit.data import load_embedded_mnist
 from keras_vit.deploy import artifacts, export, predict
-from keras_vit.deploy.tflite_forms import tflite_forms
+from keras_vit.backends import tflite_forms
 from keras_vit.core import layers as core_layers
 from keras_vit.tools import tflite_profile
 
@@ -212,7 +212,7 @@ def test_bytes_signature_fails_only_the_unreadable_images(exported):
 # --------------------------------------------------------------------------- preprocessing inside
 def test_a_model_with_preprocessing_inside_exports_and_predicts_on_pixels(tmp_path):
     model = _tiny(include_preprocessing=True)
-    assert artifacts.takes_pixels(model)
+    assert model.image_spec.pixels_inside
     data = _data(model, 50)
     assert float(data["verification"].max()) > 1.0  # calibrated and verified on [0, 255] pixels
     manifest = export.export_model(model, str(tmp_path), data=data, tolerances=LOOSE, progress=False, latency_runs=0)

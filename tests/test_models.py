@@ -167,10 +167,11 @@ def test_mixed_precision_keeps_float32_logits():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(image_size=30), r"image_size 30x30 is not divisible by the patch size 4x4.*multiples of 4x4"),
-        (dict(image_size=(16, 18)), r"image_size 16x18 is not divisible"),
-        (dict(pooling="max"), r"Unknown pooling 'max'; expected one of \['token', 'gap'\]"),
-        (dict(position_embedding="rope"), r"Unknown position_embedding 'rope'; expected one of"),
+        (dict(image_size=30), r"image_size=30 is not divisible by the patch size 4x4; expected height and width "
+                             r"multiples of 4x4 \(e.g. 32x32\)"),
+        (dict(image_size=(16, 18)), r"image_size=\(16, 18\) is not divisible"),
+        (dict(pooling="max"), r"pooling='max'; expected 'token' or 'gap'"),
+        (dict(position_embedding="rope"), r"position_embedding='rope'; expected 'learned' or 'learned_2d' or"),
         (dict(num_classes=0), r"num_classes must be a positive integer when include_top=True; got 0"),
         (dict(num_classes=None), r"num_classes must be a positive integer when include_top=True; got None"),
         (dict(channels=0), r"channels=0; expected a positive integer \(3 for RGB, 1 for grayscale\)"),

@@ -9,7 +9,7 @@ table, plain Python) is read without importing Keras.
 import importlib
 
 _API = {
-    **dict.fromkeys(["ViTConfig", "decode_variant"], "keras_vit.core.config"),
+    **dict.fromkeys(["ViTConfig", "VisionTransformerConfig", "decode_variant"], "keras_vit.core.config"),
     **dict.fromkeys(
         ["MLP", "DropPath", "LayerNorm", "Patches", "PatchEncoder", "PixelNormalization", "SelfAttention", "TokenGrid",
          "TokenPooling", "TransformerBlock"],

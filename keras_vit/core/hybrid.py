@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_vit.core.config import stem_stride  # noqa: F401 (re-exported: the stem's arithmetic, plain Python)
+
 _PACKAGE = "keras_vit"
 GROUP_NORM_EPSILON = 1e-6
 STD_CONV_EPSILON = 1e-5
@@ -138,8 +140,3 @@ def resnet_stem(x, stages, width_factor):
             strides = 2 if stage > 0 and unit == 0 else 1
             x = BottleneckUnit(width * 2**stage, strides, name=f"block{stage + 1}_unit{unit + 1}")(x)
     return x
-
-
-def stem_stride(stages) -> int:
-    """Total downsampling of the stem: 4, times 2 for every stage after the first."""
-    return 4 * 2 ** max(len(stages) - 1, 0)

@@ -19,7 +19,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from keras_vit.core.config import CROP_MODES, INTERPOLATIONS, as_pair  # noqa: F401 (re-exported)
+from keras_vit.core.config import (  # noqa: F401 (CROP_MODES, INTERPOLATIONS, as_pair: re-exported)
+    ARGUMENT_NAMES,
+    CROP_MODES,
+    INTERPOLATIONS,
+    VisionTransformerConfig,
+    as_pair,
+)
 
 UNIT_MEAN = (0.5, 0.5, 0.5)  # the original's x / 127.5 - 1 is mean = std = 0.5
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,10 +61,10 @@ class ImageSpec:
 
     @classmethod
     def of(cls, model) -> "ImageSpec":
-        """The spec of a keras_vit model (from its arguments), or of any Keras image
+        """The spec of a keras_vit model (from its configuration), or of any Keras image
         classifier (its input shape and the original's defaults)."""
-        if hasattr(model, "pixel_mean") and hasattr(model, "patch_size"):
-            return cls.from_model_arguments(**model.get_config())
+        if isinstance(getattr(model, "model_config", None), VisionTransformerConfig):
+            return cls.from_config(model.model_config)
         shape = tuple(model.input_shape[1:])
         names = getattr(model, "class_names", None)
         return cls(
@@ -69,20 +75,20 @@ class ImageSpec:
 
     @classmethod
     def from_model_arguments(cls, **arguments) -> "ImageSpec":
-        """The spec a ``VisionTransformer(**arguments)`` would have, without building it."""
-        channels = arguments.get("channels") or 3
-        mean = arguments.get("pixel_mean") or (0.5,) * channels
-        std = arguments.get("pixel_std") or (0.5,) * channels
-        dynamic = arguments.get("dynamic_image_size", False)
-        names = arguments.get("class_names")
+        """The spec a ``VisionTransformer(**arguments)`` would have, without building it
+        (arguments that are None take the builder's defaults; others, such as ``name``,
+        are ignored)."""
+        known = {key: value for key, value in arguments.items() if key in ARGUMENT_NAMES and value is not None}
+        return cls.from_config(VisionTransformerConfig(**known))
+
+    @classmethod
+    def from_config(cls, config: VisionTransformerConfig) -> "ImageSpec":
+        """The spec of a model built from ``config``."""
         return cls(
-            image_size=(None, None) if dynamic else as_pair(arguments.get("image_size", 224), "image_size"),
-            channels=channels, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-            pixels_inside=bool(arguments.get("include_preprocessing", False)),
-            interpolation=arguments.get("interpolation") or "bilinear",
-            crop_fraction=float(arguments.get("crop_fraction") or 1.0),
-            crop_mode=arguments.get("crop_mode") or "squash",
-            class_names=None if names is None else tuple(names),
+            image_size=(None, None) if config.dynamic_image_size else config.image_size,
+            channels=config.channels, mean=config.pixel_mean, std=config.pixel_std,
+            pixels_inside=config.include_preprocessing, interpolation=config.interpolation,
+            crop_fraction=config.crop_fraction, crop_mode=config.crop_mode, class_names=config.class_names,
         )
 
     # ------------------------------------------------------------------ pixel ranges

@@ -8,24 +8,16 @@ named variants (``ViT("B/16")``, ``ViTB16(...)``) is built over it in :mod:`kera
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
-from typing import Optional
 
 import keras
 
 from keras_vit import backends
 from keras_vit.core import hybrid
 from keras_vit.core.image_spec import ImageSpec
-from keras_vit.core.config import (
-    POOLINGS,
-    POSITION_EMBEDDINGS,
-    as_pair,
-    block_flops,
-    check_architecture,
-    refuse_unknown_arguments,
-)
+from keras_vit.core.config import ARGUMENT_NAMES, VisionTransformerConfig, block_flops
 from keras_vit.core.layers import (
-    LAYER_NORM_EPSILON,
     LayerNorm,
     Patches,
     PatchEncoder,
@@ -46,9 +38,81 @@ def _global_dtype_policy(policy):
         keras.config.set_dtype_policy(previous)
 
 
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {list(choices)}.")
+def _encode(config: VisionTransformerConfig, images):
+    """images -> [preprocessing] -> [ResNet stem] -> patches -> embedding -> blocks -> tokens.
+
+    Returns the tokens (before ``encoder_norm`` when the norm follows pooling) and the
+    number of prefix tokens (class, distillation, registers) in front of the patches.
+    """
+    x = images
+    if config.include_preprocessing:
+        x = PixelNormalization(config.pixel_mean, config.pixel_std, name="preprocessing")(x)
+    if config.resnet is not None:
+        x = hybrid.resnet_stem(x, *config.resnet)
+    x = Patches(config.patch_size, flatten=not config.dynamic_image_size, name="patches")(x)
+    encoder = PatchEncoder(
+        config.hidden_size,
+        config.grid_size,
+        use_class_token=config.pooling == "token",
+        position_embedding=config.position_embedding,
+        distillation_token=config.distillation_token,
+        num_register_tokens=config.num_register_tokens,
+        patch_position_embedding_only=config.patch_position_embedding_only,
+        position_resampling=config.position_resampling if config.dynamic_image_size else None,
+        name="embedding",
+    )
+    x = encoder(x)
+    x = keras.layers.Dropout(config.dropout, name="embedding_dropout")(x)
+    for i in range(config.num_layers):
+        x = TransformerBlock(
+            config.num_heads,
+            config.mlp_dim,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            drop_path_rate=config.drop_path_rate * i / max(config.num_layers - 1, 1),  # timm's linspace
+            layer_norm_epsilon=config.layer_norm_epsilon,
+            gelu=config.gelu,
+            layer_scale_init=config.layer_scale_init,
+            name=f"encoderblock_{i}",
+        )(x)
+    if not config.norm_after_pooling:
+        x = LayerNorm(epsilon=config.layer_norm_epsilon, name="encoder_norm")(x)
+    return x, encoder.num_prefix_tokens
+
+
+def _pool_and_heads(config: VisionTransformerConfig, tokens, num_prefix_tokens):
+    """tokens -> pool -> [``fc_norm``] -> [``pre_logits``] -> [head(s)].
+
+    Returns the model's output and, for DeiT, both heads' outputs (else None).
+    """
+    x = TokenPooling(config.pooling, num_prefix_tokens=num_prefix_tokens, name="pool")(tokens)
+    if config.norm_after_pooling:
+        x = LayerNorm(epsilon=config.layer_norm_epsilon, name="fc_norm")(x)
+    if config.representation_size:
+        x = keras.layers.Dense(config.representation_size, activation="tanh", name="pre_logits")(x)
+    if config.distillation_token:
+        distilled = TokenPooling("token", token_index=1, name="pool_dist")(tokens)
+    if not config.include_top:
+        if config.distillation_token:
+            x = keras.layers.Average(name="tokens_mean")([x, distilled])  # timm's pre-logits of DeiT
+        return x, None
+    x = _head(config, "head")(x)
+    if not config.distillation_token:
+        return x, None
+    heads = (x, _head(config, "head_dist")(distilled))
+    return keras.layers.Average(name="heads_mean", dtype="float32")(list(heads)), heads
+
+
+def _head(config: VisionTransformerConfig, name):
+    # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
+    return keras.layers.Dense(
+        config.num_classes, activation=config.classifier_activation, kernel_initializer="zeros", name=name,
+        dtype="float32",
+    )
+
+
+# Keras's own model arguments, passed on to keras.Model.
+KERAS_ARGUMENTS = frozenset({"trainable"})
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -58,7 +122,9 @@ class VisionTransformer(keras.Model):
     images -> [ResNet stem] -> Patches -> PatchEncoder -> TransformerBlock x L ->
     ``encoder_norm`` -> pool (class token or mean) -> [``pre_logits`` Dense + tanh] ->
     ``head``. Layer names follow the original checkpoints (``encoderblock_{i}``,
-    ``encoder_norm``, ``pre_logits``, ``head``).
+    ``encoder_norm``, ``pre_logits``, ``head``). The arguments below are checked and kept
+    as one frozen :class:`~keras_vit.core.config.VisionTransformerConfig`
+    (``model.model_config``), which ``get_config`` returns and the graph is built from.
 
     Args:
         image_size: int or (height, width); each a multiple of the patch size (times the
@@ -117,216 +183,38 @@ class VisionTransformer(keras.Model):
         name: model name.
     """
 
-    def __init__(
-        self,
-        *,
-        image_size=224,
-        patch_size=16,
-        hidden_size=768,
-        num_layers=12,
-        num_heads=12,
-        mlp_dim=3072,
-        num_classes=1000,
-        channels=3,
-        include_top=True,
-        pooling="token",
-        representation_size=None,
-        dropout=0.0,
-        attention_dropout=0.0,
-        drop_path_rate=0.0,
-        classifier_activation=None,
-        position_embedding="learned",
-        resnet=None,
-        layer_norm_epsilon=LAYER_NORM_EPSILON,
-        gelu="tanh",
-        layer_scale_init=None,
-        num_register_tokens=0,
-        distillation_token=False,
-        norm_after_pooling=False,
-        patch_position_embedding_only=False,
-        include_preprocessing=False,
-        pixel_mean=None,
-        pixel_std=None,
-        dynamic_image_size=False,
-        position_resampling="bilinear",
-        interpolation="bilinear",
-        crop_fraction=1.0,
-        crop_mode="squash",
-        class_names=None,
-        source_metadata=None,
-        dtype=None,
-        name="vit",
-        **kwargs,
-    ):
-        refuse_unknown_arguments("VisionTransformer", kwargs, CONSTRUCTOR_ARGUMENTS)
-        if not isinstance(include_top, bool):
-            raise ValueError(f"include_top={include_top!r}; expected True or False.")
+    def __init__(self, *, dtype=None, name="vit", **arguments):
+        keras_arguments = {key: arguments.pop(key) for key in KERAS_ARGUMENTS if key in arguments}
+        config = VisionTransformerConfig.from_arguments("VisionTransformer", arguments)
         # The layers take the policy current at their creation: build under the requested
         # one, so that a mixed-precision model reloads as mixed precision.
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
         with _global_dtype_policy(policy):
-            image_size = as_pair(image_size, "image_size")
-            patch_size = as_pair(patch_size, "patch_size")
-            _check_choice(pooling, "pooling", POOLINGS)
-            _check_choice(position_embedding, "position_embedding", POSITION_EMBEDDINGS)
-            if include_top and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
-                raise ValueError(
-                    f"num_classes must be a positive integer when include_top=True; got {num_classes!r}. "
-                    f"Use include_top=False for a model without a head."
-                )
-            check_architecture(
-                hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
-                patch_size=patch_size, channels=channels, pooling=pooling, dropout=dropout,
-                attention_dropout=attention_dropout, drop_path_rate=drop_path_rate,
-                representation_size=representation_size, layer_norm_epsilon=layer_norm_epsilon, gelu=gelu,
-                layer_scale_init=layer_scale_init, num_register_tokens=num_register_tokens,
-                distillation_token=distillation_token, norm_after_pooling=norm_after_pooling,
-                patch_position_embedding_only=patch_position_embedding_only,
-                include_preprocessing=include_preprocessing, pixel_mean=pixel_mean, pixel_std=pixel_std,
-                dynamic_image_size=dynamic_image_size, position_resampling=position_resampling,
-                position_embedding=position_embedding, interpolation=interpolation,
-                crop_fraction=crop_fraction, crop_mode=crop_mode,
+            images = keras.Input(
+                (None, None, config.channels) if config.dynamic_image_size else (*config.image_size, config.channels),
+                name="images",
             )
-            pixel_mean = (0.5,) * channels if pixel_mean is None else tuple(float(m) for m in pixel_mean)
-            pixel_std = (0.5,) * channels if pixel_std is None else tuple(float(v) for v in pixel_std)
-            if class_names is not None:
-                if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names) or (
-                    include_top and len(class_names) != num_classes
-                ):
-                    raise ValueError(
-                        f"class_names={class_names!r}; expected None or {num_classes} strings, one per class of the head."
-                    )
-                class_names = tuple(class_names)
-            if source_metadata is not None and not isinstance(source_metadata, dict):
-                raise ValueError(f"source_metadata={source_metadata!r}; expected None or a dict.")
-            if resnet is not None:
-                stages, width_factor = resnet
-                resnet = (tuple(int(s) for s in stages), float(width_factor))
-                stride = hybrid.stem_stride(resnet[0])
-            else:
-                stride = 1
-            step = (patch_size[0] * stride, patch_size[1] * stride)
-            if image_size[0] % step[0] or image_size[1] % step[1]:
-                what = f"the patch size {patch_size[0]}x{patch_size[1]}" + (
-                    f" times the ResNet stem's stride {stride}" if stride > 1 else ""
-                )
-                raise ValueError(
-                    f"image_size {image_size[0]}x{image_size[1]} is not divisible by {what}: height "
-                    f"and width must be multiples of {step[0]}x{step[1]} (e.g. "
-                    f"{max(1, round(image_size[0] / step[0])) * step[0]}x"
-                    f"{max(1, round(image_size[1] / step[1])) * step[1]})."
-                )
-            grid_size = (image_size[0] // step[0], image_size[1] // step[1])
-
-            spatial = (None, None) if dynamic_image_size else image_size
-            images = keras.Input((spatial[0], spatial[1], channels), name="images")
-            x = images
-            if include_preprocessing:
-                x = PixelNormalization(pixel_mean, pixel_std, name="preprocessing")(x)
-            if resnet is not None:
-                x = hybrid.resnet_stem(x, *resnet)
-            x = Patches(patch_size, flatten=not dynamic_image_size, name="patches")(x)
-            encoder = PatchEncoder(
-                hidden_size,
-                grid_size,
-                use_class_token=pooling == "token",
-                position_embedding=position_embedding,
-                distillation_token=distillation_token,
-                num_register_tokens=num_register_tokens,
-                patch_position_embedding_only=patch_position_embedding_only,
-                position_resampling=position_resampling if dynamic_image_size else None,
-                name="embedding",
-            )
-            x = encoder(x)
-            x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
-            for i in range(num_layers):
-                rate = drop_path_rate * i / max(num_layers - 1, 1)
-                x = TransformerBlock(
-                    num_heads,
-                    mlp_dim,
-                    dropout=dropout,
-                    attention_dropout=attention_dropout,
-                    drop_path_rate=rate,
-                    layer_norm_epsilon=layer_norm_epsilon,
-                    gelu=gelu,
-                    layer_scale_init=layer_scale_init,
-                    name=f"encoderblock_{i}",
-                )(x)
-            if not norm_after_pooling:
-                x = LayerNorm(epsilon=layer_norm_epsilon, name="encoder_norm")(x)
-            tokens = x
-            x = TokenPooling(pooling, num_prefix_tokens=encoder.num_prefix_tokens, name="pool")(tokens)
-            if norm_after_pooling:
-                x = LayerNorm(epsilon=layer_norm_epsilon, name="fc_norm")(x)
-            if representation_size:
-                x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")(x)
-            heads = None
-            if distillation_token:
-                distilled = TokenPooling("token", token_index=1, name="pool_dist")(tokens)
-            if include_top:
-                x = self._head(num_classes, classifier_activation, "head")(x)
-                if distillation_token:
-                    heads = (x, self._head(num_classes, classifier_activation, "head_dist")(distilled))
-                    x = keras.layers.Average(name="heads_mean", dtype="float32")(list(heads))
-            elif distillation_token:
-                x = keras.layers.Average(name="tokens_mean")([x, distilled])  # timm's pre-logits of DeiT
-            super().__init__(inputs=images, outputs=x, name=name, **kwargs)
+            tokens, num_prefix_tokens = _encode(config, images)
+            outputs, heads = _pool_and_heads(config, tokens, num_prefix_tokens)
+            super().__init__(inputs=images, outputs=outputs, name=name, **keras_arguments)
             # Both heads' outputs, for DeiT's distillation loss; a model of its own that
             # shares the layers, kept out of Keras's tracking so its weights are saved once.
             object.__setattr__(
                 self, "_both_heads", None if heads is None else keras.Model(images, list(heads), name=f"{name}_heads")
             )
         self.dtype_policy_name = policy.name
-
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
-        self.num_classes = num_classes
-        self.channels = channels
-        self.include_top = include_top
-        self.pooling = pooling
-        self.representation_size = representation_size
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.drop_path_rate = drop_path_rate
-        self.classifier_activation = classifier_activation
-        self.position_embedding = position_embedding
-        self.resnet = resnet
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.gelu = gelu
-        self.layer_scale_init = layer_scale_init
-        self.num_register_tokens = num_register_tokens
-        self.distillation_token = distillation_token
-        self.norm_after_pooling = norm_after_pooling
-        self.patch_position_embedding_only = patch_position_embedding_only
-        self.include_preprocessing = include_preprocessing
-        self.pixel_mean = pixel_mean
-        self.pixel_std = pixel_std
-        self.dynamic_image_size = dynamic_image_size
-        self.position_resampling = position_resampling
-        self.interpolation = interpolation
-        self.crop_fraction = float(crop_fraction)
-        self.crop_mode = crop_mode
-        self.class_names = class_names
-        self.source_metadata = source_metadata
-        self.grid_size = grid_size
-        self.num_prefix_tokens = encoder.num_prefix_tokens
+        object.__setattr__(self, "model_config", config)  # frozen: kept out of Keras's tracking
+        for key, value in config.to_dict().items():  # model.hidden_size, model.pixel_mean, ...
+            setattr(self, key, value)
+        self.class_names = config.class_names
+        self.grid_size = config.grid_size
+        self.num_prefix_tokens = num_prefix_tokens
         self.distilled_training = False
 
     @property
     def image_spec(self) -> ImageSpec:
         """The model's input contract (size, pixel range, mean/std, resize, crop, class names)."""
         return ImageSpec.of(self)
-
-    @staticmethod
-    def _head(num_classes, activation, name):
-        # Zero-initialised as in the original; float32 so mixed precision keeps exact logits.
-        return keras.layers.Dense(
-            num_classes, activation=activation, kernel_initializer="zeros", name=name, dtype="float32"
-        )
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         self._check_images(inputs)
@@ -389,55 +277,11 @@ class VisionTransformer(keras.Model):
         return f"normalised as (x / 255 - mean) / std (mean {list(self.pixel_mean)}, std {list(self.pixel_std)})"
 
     def get_config(self):
-        return {
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "mlp_dim": self.mlp_dim,
-            "num_classes": self.num_classes,
-            "channels": self.channels,
-            "include_top": self.include_top,
-            "pooling": self.pooling,
-            "representation_size": self.representation_size,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "drop_path_rate": self.drop_path_rate,
-            "classifier_activation": self.classifier_activation,
-            "position_embedding": self.position_embedding,
-            "resnet": self.resnet,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "gelu": self.gelu,
-            "layer_scale_init": self.layer_scale_init,
-            "num_register_tokens": self.num_register_tokens,
-            "distillation_token": self.distillation_token,
-            "norm_after_pooling": self.norm_after_pooling,
-            "patch_position_embedding_only": self.patch_position_embedding_only,
-            "include_preprocessing": self.include_preprocessing,
-            "pixel_mean": self.pixel_mean,
-            "pixel_std": self.pixel_std,
-            "dynamic_image_size": self.dynamic_image_size,
-            "position_resampling": self.position_resampling,
-            "interpolation": self.interpolation,
-            "crop_fraction": self.crop_fraction,
-            "crop_mode": self.crop_mode,
-            "class_names": None if self.class_names is None else list(self.class_names),
-            "source_metadata": self.source_metadata,
-            "dtype": self.dtype_policy_name,
-            "name": self.name,
-        }
+        return {**self.model_config.to_dict(), "dtype": self.dtype_policy_name, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("image_size", "patch_size", "pixel_mean", "pixel_std"):
-            if key in config:
-                config[key] = tuple(config[key])
-        if config.get("resnet") is not None:
-            stages, width_factor = config["resnet"]
-            config["resnet"] = (tuple(stages), width_factor)
-        return cls(**config)
+        return cls(**config)  # the configuration turns the lists of a saved file back into tuples
 
 
 def forward_flops(model: VisionTransformer) -> int:
@@ -499,7 +343,7 @@ def feature_extractor(model: VisionTransformer, layers=None, *, norm: bool = Fal
         raise ValueError(f"{model.name} has no encoder_norm (its norm follows pooling); use norm=False.")
     stride = model.patch_size
     if model.resnet is not None:
-        step = hybrid.stem_stride(model.resnet[0])
+        step = model.model_config.stem_stride
         stride = (stride[0] * step, stride[1] * step)
     images = model.input
     maps = []
@@ -511,8 +355,13 @@ def feature_extractor(model: VisionTransformer, layers=None, *, norm: bool = Fal
     return keras.Model(images, maps, name=name or f"{model.name}_features")
 
 
-# What VisionTransformer(...) takes: its own arguments and Keras's ``trainable``.
-CONSTRUCTOR_ARGUMENTS = frozenset(
-    name for name, parameter in inspect.signature(VisionTransformer.__init__).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-) | {"trainable"}
+# What VisionTransformer(...) takes: the configuration's fields, Keras's model arguments.
+CONSTRUCTOR_ARGUMENTS = ARGUMENT_NAMES | {"dtype", "name"} | KERAS_ARGUMENTS
+# The keyword signature help() and inspect show, read from the configuration.
+VisionTransformer.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default)
+       for field in dataclasses.fields(VisionTransformerConfig)]
+    + [inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=None),
+       inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default="vit")]
+)

@@ -1,13 +1,14 @@
 """What an export folder holds, and any artifact opened in its own runtime.
 
-The names of the files ``keras-vit export`` writes (and the manifest's tolerances), the
-model facts every exporter needs (input size, output kind, class names), and
-``load_artifact(path)``: a ``.keras`` file, SavedModel folder, ``.tflite`` or ``.onnx``
+``load_artifact(path)`` opens a ``.keras`` file, SavedModel folder, ``.tflite`` or ``.onnx``
 file behind one interface: ``spec`` is the model's input contract
 (:class:`~keras_vit.core.image_spec.ImageSpec`: the model's own, or read back from the
 manifest / ONNX metadata written at export), ``run(images)`` takes (B, H, W, C) float32
 images as that spec prepares them and returns the raw outputs, ``probabilities`` the class
-probabilities. Export verifies its files through it; ``keras-vit predict`` predicts with it.
+probabilities. Export verifies its files through it, ``keras-vit predict`` predicts with it
+and the latency of a file is timed in the runtime it opens (``latency_runner``). The file
+names and settings of an export folder live in :mod:`keras_vit.deploy.layout` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -20,44 +21,36 @@ import numpy as np
 
 from keras_vit import run_folder
 from keras_vit.core.image_spec import ImageSpec
+from keras_vit.deploy.layout import (  # noqa: F401 (the names export and its callers read here)
+    BYTES_SIGNATURE,
+    CALIBRATED_PRECISIONS,
+    CALIBRATION_SAMPLES,
+    DEFAULT_LATENCY_RUNS,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCES,
+    DEFAULT_TOP_K,
+    FLOAT_SIGNATURE,
+    FORMATS,
+    LABELS_FILENAME,
+    MANIFEST_FILENAME,
+    ONNX_FILENAME,
+    RANDOM_VERIFICATION_SAMPLES,
+    SAMPLES_DIRNAME,
+    SAVEDMODEL_DIRNAME,
+    TFLITE_PRECISIONS,
+    VERIFICATION_SAMPLES,
+    tflite_filename,
+)
+from keras_vit.deploy.manifest import artifact_checksum, read_beside  # noqa: F401 (artifact_checksum: re-exported)
+from keras_vit.deploy.serving import (  # noqa: F401 (model_* and parse_class_names: re-exported)
+    ServingSpec,
+    model_image_spec,
+    model_input_spec,
+    model_output_kind,
+    parse_class_names,
+)
 
 logger = logging.getLogger(__name__)
-
-FORMATS = ("savedmodel", "tflite", "onnx")
-TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8_mixed", "int8")
-# Precisions whose activations are calibrated on training images.
-CALIBRATED_PRECISIONS = ("int8_mixed", "int8")
-DEFAULT_OPSET = 17
-DEFAULT_TOP_K = 5
-SAVEDMODEL_DIRNAME = "saved_model"
-ONNX_FILENAME = "model.onnx"
-LABELS_FILENAME = "labels.txt"
-MANIFEST_FILENAME = "manifest.json"
-SAMPLES_DIRNAME = "samples"
-BYTES_SIGNATURE = "serving_default"
-FLOAT_SIGNATURE = "serving_images"
-
-# Largest accepted parity figures. Float artifacts compare raw outputs (max abs difference,
-# relative to the outputs' scale once it exceeds 1); int8 artifacts compare decisions.
-DEFAULT_TOLERANCES = {
-    "float32": 1e-4,
-    "float16": 1e-2,
-    "int8_min_top1_agreement": 0.99,
-    "int8_max_accuracy_drop": 0.01,
-}
-# Calibration and verification sample sizes taken from a dataset.
-CALIBRATION_SAMPLES = 1000
-VERIFICATION_SAMPLES = 1000
-RANDOM_VERIFICATION_SAMPLES = 16
-# Timed batch-1 runs per exported file and thread setting (manifest latency).
-DEFAULT_LATENCY_RUNS = 20
-
-
-def tflite_filename(precision):
-    """File name of the TFLite artifact of a precision, e.g. ``model_int8.tflite``."""
-    return f"model_{precision}.tflite"
-
-
 
 def load_keras_model(path):
     """Loads a ``.keras`` model file (or the ``model.keras`` of a run folder) for inference.
@@ -75,71 +68,6 @@ def load_keras_model(path):
     return run_folder.load_model(path)
 
 
-def parse_class_names(spec, num_classes):
-    """Class names from a list, a comma-separated string or a file (one name per line).
-
-    Args:
-        spec: None, a list of names, ``"cat,dog"``, or the path of a text file.
-        num_classes: how many names the model needs.
-
-    Returns:
-        A list of ``num_classes`` strings; ``"0"`` .. ``"K-1"`` when ``spec`` is None.
-
-    Raises:
-        ValueError: when the number of names is not ``num_classes``.
-    """
-    if spec is None:
-        return [str(index) for index in range(num_classes)]
-    if isinstance(spec, str):
-        if os.path.isfile(spec):
-            with open(spec) as file:
-                names = [line.strip() for line in file if line.strip()]
-            source = f"file {spec!r}"
-        else:
-            names = [name.strip() for name in spec.split(",")]
-            source = f"{spec!r}"
-    else:
-        names = [str(name) for name in spec]
-        source = "the list given"
-    if len(names) != num_classes:
-        raise ValueError(
-            f"The model has {num_classes} classes but {source} gives {len(names)} class names; "
-            f"give exactly {num_classes} (comma-separated or one per line in a file)."
-        )
-    # labels.txt holds one name a line; file names made from a name are made safe where they are written.
-    unusable = [name for name in names if not name.strip() or any(c in name for c in "\n\r\0")]
-    if unusable:
-        raise ValueError(f"Class name {unusable[0]!r} in {source[:200]} is empty or spans lines; each class name must "
-                         f"be one non-empty line of text.")
-    return names
-
-
-def model_input_spec(model):
-    """``(height, width, channels)`` of a model's image input."""
-    shape = model.inputs[0].shape
-    if getattr(model, "dynamic_image_size", False):
-        raise ValueError(
-            f"{model.name} takes images of any size; the exported files are of one size: rebuild it at the size "
-            f"to serve (from_pretrained(..., image_size=S) or dynamic_image_size=False), or export a dynamic "
-            f"SavedModel with model.export(path, format='tf_saved_model')."
-        )
-    if len(shape) != 4 or any(size is None for size in shape[1:]):
-        raise ValueError(f"Expected a model with a (B, H, W, C) image input of fixed size; got {shape}.")
-    return int(shape[1]), int(shape[2]), int(shape[3])
-
-
-def model_image_spec(model):
-    """The model's input contract (:class:`ImageSpec`), for keras_vit models and any Keras
-    image classifier (the original's preprocessing)."""
-    return getattr(model, "image_spec", None) or ImageSpec.of(model)
-
-
-def takes_pixels(model):
-    """Whether a model normalises inside (``include_preprocessing=True``) and so takes
-    [0, 255] pixels."""
-    return model_image_spec(model).pixels_inside
-
-
 def _spec_from(manifest, metadata, image_size, channels):
     """The spec written at export (ONNX metadata, else the manifest beside the file); for
     files written before specs were, the manifest's ``input_range`` ([0, 255]: pixels)."""
@@ -150,19 +78,6 @@ def _spec_from(manifest, metadata, image_size, channels):
     legacy = (manifest or {}).get("input_range") or (metadata or {}).get("input_range")
     pixels = legacy is not None and float((json.loads(legacy) if isinstance(legacy, str) else legacy)[1]) > 1
     return ImageSpec(image_size=tuple(image_size), channels=channels, pixels_inside=pixels)
-
-
-def model_output_kind(model):
-    """``"logits"`` when the model's head has no activation, else ``"probabilities"``."""
-    activation = getattr(model, "classifier_activation", None)
-    if activation in (None, "linear"):
-        return "logits"
-    if activation == "softmax":
-        return "probabilities"
-    raise ValueError(
-        f"Cannot serve class probabilities from a head with activation {activation!r}; "
-        f"export a model whose head returns logits (None) or 'softmax'."
-    )
 
 
 ACCEPTED_KINDS = (
@@ -258,63 +173,12 @@ class Artifact:
             kind = "probabilities" if _looks_like_probabilities(outputs) else "logits"
         return _softmax(outputs) if kind == "logits" else outputs
 
-
-def artifact_checksum(path) -> str:
-    """SHA-256 (hex) of an exported file; of a SavedModel folder, of its ``saved_model.pb``.
-
-    ``keras-vit export`` records it in the manifest as each artifact's ``sha256``."""
-    import hashlib
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "saved_model.pb")
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _manifest_beside(folder, artifact_path=None):
-    # The manifest is trusted only for a file whose checksum it records: one beside another
-    # export's files (or edited, or of an older version) says nothing true about this one.
-    manifest, labels = None, None
-    manifest_path = os.path.join(folder, MANIFEST_FILENAME)
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as file:
-            try:
-                manifest = json.load(file)
-            except json.JSONDecodeError:
-                manifest = None
-        if manifest is not None and not isinstance(manifest, dict):
-            raise ValueError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not the object a keras-vit "
-                             f"manifest is; remove it or export again.")
-        problem = _untrusted(manifest, artifact_path)
-        if problem:
-            logger.warning("Ignoring %s: %s; its class names, input range and output kind are not used "
-                           "(export the model again to get a manifest that fits).", manifest_path, problem)
-            manifest = None
-    labels_path = os.path.join(folder, LABELS_FILENAME)
-    if os.path.isfile(labels_path):
-        labels = labels_path
-    return manifest, labels
-
-
-def _untrusted(manifest, artifact_path):
-    """Why ``manifest`` may not describe ``artifact_path``, or None when it records its checksum."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        return "it is not a keras-vit export manifest"
-    if artifact_path is None:
+    @classmethod
+    def latency_runner(cls, path, image, threads=None):
+        """A callable that runs one (1, H, W, C) float32 ``image`` in this runtime with
+        ``threads`` threads, opened as ``load_artifact`` opens it, for timing; None for a
+        kind that is not timed (a Keras model)."""
         return None
-    name = os.path.basename(os.path.normpath(artifact_path))
-    entry = next((e for e in manifest["artifacts"] if isinstance(e, dict) and e.get("file") == name), None)
-    if entry is None:
-        return f"it lists no artifact named {name!r}"
-    if "sha256" not in entry:
-        return f"it records no checksum (sha256) for {name!r}"
-    if entry["sha256"] != artifact_checksum(artifact_path):
-        return f"{name!r} is not the file it describes (its sha256 differs from the manifest's)"
-    return None
 
 
 class KerasArtifact(Artifact):
@@ -323,14 +187,15 @@ class KerasArtifact(Artifact):
     def __init__(self, path, class_names=None):
         super().__init__(path, class_names)
         self.model = load_keras_model(path)
-        height, width, self.channels = model_input_spec(self.model)
+        serving = ServingSpec.of(self.model)
+        height, width, self.channels = serving.input_shape
         self.image_size = (height, width)
-        self.num_classes = int(self.model.outputs[0].shape[-1])
+        self.num_classes = serving.num_classes
         self._finish(
             # A run's names; else those the model carries (a checkpoint's id2label).
             class_names=run_folder.of_model(path).class_names() or getattr(self.model, "class_names", None),
-            output_kind=model_output_kind(self.model),
-            image_spec=model_image_spec(self.model),
+            output_kind=serving.output_kind,
+            image_spec=serving.image_spec,
         )
 
     def _run_batch(self, images):
@@ -341,39 +206,50 @@ class SavedModelArtifact(Artifact):
     kind = "savedmodel"
 
     def __init__(self, path, class_names=None):
-        import tensorflow as tf
-
         super().__init__(path, class_names)
-        loaded = tf.saved_model.load(self.path)
-        if FLOAT_SIGNATURE not in loaded.signatures:
-            raise ValueError(
-                f"SavedModel {self.path!r} has no {FLOAT_SIGNATURE!r} signature (it has "
-                f"{sorted(loaded.signatures)}); export it with keras-vit export."
-            )
-        self._loaded = loaded  # keeps the variables alive
-        self._function = loaded.signatures[FLOAT_SIGNATURE]
+        self._loaded, self._function = self._open(self.path)  # the loaded object keeps the variables alive
         spec = self._function.structured_input_signature[1]["images"]
         _, height, width, self.channels = spec.shape.as_list()
         self.image_size = (height, width)
         self.num_classes = int(self._function.structured_outputs["outputs"].shape[-1])
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
+        manifest, labels = read_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         self._finish(manifest, labels)
+
+    @staticmethod
+    def _open(path):
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(os.fspath(path))
+        if FLOAT_SIGNATURE not in loaded.signatures:
+            raise ValueError(
+                f"SavedModel {os.fspath(path)!r} has no {FLOAT_SIGNATURE!r} signature (it has "
+                f"{sorted(loaded.signatures)}); export it with keras-vit export."
+            )
+        return loaded, loaded.signatures[FLOAT_SIGNATURE]
 
     def _run_batch(self, images):
         return self._function(images=images)["outputs"].numpy()
+
+    def signature(self, name):
+        """The loaded SavedModel's signature ``name`` (e.g. the bytes ``serving_default``)."""
+        return self._loaded.signatures[name]
+
+    @classmethod
+    def latency_runner(cls, path, image, threads=None):
+        # TensorFlow fixes its thread pools when it starts: the process's own count is used.
+        import tensorflow as tf
+
+        loaded, function = cls._open(path)
+        tensor = tf.constant(image)
+        return lambda: (loaded, function(images=tensor)["outputs"].numpy())
 
 
 class TFLiteArtifact(Artifact):
     kind = "tflite"
 
     def __init__(self, path, class_names=None):
-        from ai_edge_litert.interpreter import Interpreter
-
         super().__init__(path, class_names)
-        try:
-            self.interpreter = Interpreter(model_path=self.path)
-        except ValueError as error:
-            raise ValueError(f"LiteRT cannot load {self.path!r}: {error}") from error
+        self.interpreter = self._open(self.path)
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
             raise ValueError(f"{self.path!r} is not an image classifier: inputs {[d['shape'].tolist() for d in inputs]}.")
@@ -381,40 +257,57 @@ class TFLiteArtifact(Artifact):
         self.image_size = (height, width)
         self.num_classes = int(outputs[0]["shape"][-1])
         self.input_dtype = inputs[0]["dtype"]
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
+        manifest, labels = read_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         self._finish(manifest, labels)
+
+    @staticmethod
+    def _open(path, threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            return Interpreter(model_path=os.fspath(path), num_threads=threads)
+        except ValueError as error:
+            raise ValueError(f"LiteRT cannot load {os.fspath(path)!r}: {error}") from error
+
+    @staticmethod
+    def _feed(interpreter, images):
+        """Sizes the interpreter for ``images`` and sets them as its input (quantized for a
+        full-integer file: scale and zero point from the input details)."""
+        details = interpreter.get_input_details()[0]
+        if list(details["shape"]) != list(images.shape):
+            interpreter.resize_tensor_input(details["index"], images.shape, strict=False)
+        interpreter.allocate_tensors()
+        details = interpreter.get_input_details()[0]
+        if details["dtype"] in (np.int8, np.uint8):
+            scale, zero_point = details["quantization"]
+            info = np.iinfo(details["dtype"])
+            images = np.clip(np.round(images / scale + zero_point), info.min, info.max)
+        interpreter.set_tensor(details["index"], images.astype(details["dtype"]))
 
     def _run_batch(self, images):
         interpreter = self.interpreter
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, images.shape, strict=False)
-        interpreter.allocate_tensors()
-        details, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        if details["dtype"] in (np.int8, np.uint8):
-            # Full-integer model: quantize the input, dequantize the output.
-            scale, zero_point = details["quantization"]
-            info = np.iinfo(details["dtype"])
-            images = np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(details["dtype"])
-        interpreter.set_tensor(details["index"], images)
+        self._feed(interpreter, images)
         interpreter.invoke()
+        output = interpreter.get_output_details()[0]
         result = interpreter.get_tensor(output["index"])
-        if output["dtype"] in (np.int8, np.uint8):
+        if output["dtype"] in (np.int8, np.uint8):  # full-integer file: dequantize the output
             scale, zero_point = output["quantization"]
             result = (result.astype("float32") - zero_point) * scale
         return result
+
+    @classmethod
+    def latency_runner(cls, path, image, threads=None):
+        interpreter = cls._open(path, threads)
+        cls._feed(interpreter, image)
+        return interpreter.invoke
 
 
 class OnnxArtifact(Artifact):
     kind = "onnx"
 
     def __init__(self, path, class_names=None):
-        import onnxruntime
-
         super().__init__(path, class_names)
-        try:
-            self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ValueError(f"onnxruntime cannot load {self.path!r}: {error}") from error
+        self.session = self._open(self.path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ValueError(f"{self.path!r} is not an image classifier: inputs {[i.shape for i in inputs]}.")
@@ -425,17 +318,37 @@ class OnnxArtifact(Artifact):
         self.num_classes = int(self.session.get_outputs()[0].shape[-1])
         metadata = self.session.get_modelmeta().custom_metadata_map
         names = json.loads(metadata["class_names"]) if "class_names" in metadata else None
-        manifest, labels = _manifest_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
+        manifest, labels = read_beside(os.path.dirname(os.path.abspath(self.path)), self.path)
         self._finish(
             manifest, labels if names is None else None, class_names=names,
             output_kind=metadata.get("output_kind"), metadata=metadata,
         )
 
+    @staticmethod
+    def _open(path, threads=None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            return onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ValueError(f"onnxruntime cannot load {os.fspath(path)!r}: {error}") from error
+
     def _run_batch(self, images):
         return self.session.run(None, {self.input_name: images})[0]
 
+    @classmethod
+    def latency_runner(cls, path, image, threads=None):
+        session = cls._open(path, threads)
+        name = session.get_inputs()[0].name
+        return lambda: session.run(None, {name: image})
 
-_ARTIFACTS = {"keras": KerasArtifact, "savedmodel": SavedModelArtifact, "tflite": TFLiteArtifact, "onnx": OnnxArtifact}
+
+# One reader per runtime; keras_vit.deploy.exporters registers each format's writer beside it.
+READERS = {"keras": KerasArtifact, "savedmodel": SavedModelArtifact, "tflite": TFLiteArtifact, "onnx": OnnxArtifact}
 
 
 def load_artifact(path, kind=None, class_names=None):
@@ -457,8 +370,8 @@ def load_artifact(path, kind=None, class_names=None):
         FileNotFoundError: nothing at ``path``.
     """
     kind = kind or artifact_kind(path)
-    if kind not in _ARTIFACTS:
-        raise ValueError(f"Unknown artifact kind {kind!r}; expected one of {list(_ARTIFACTS)}.")
-    return _ARTIFACTS[kind](path, class_names=class_names)
+    if kind not in READERS:
+        raise ValueError(f"Unknown artifact kind {kind!r}; expected one of {list(READERS)}.")
+    return READERS[kind](path, class_names=class_names)
 
 

@@ -4,7 +4,8 @@ Export measures every file it writes with :func:`measure_latency` (the figures g
 the manifest, labelled with the machine that measured them) and ``keras-vit benchmark
 --artifacts DIR`` measures an export folder on the machine it runs on. The runners are
 called in turn, round after round, so that a machine whose speed drifts (shared CPUs,
-thermal throttling) slows them all alike.
+thermal throttling) slows them all alike. Each file is opened by its reader in
+:mod:`keras_vit.deploy.artifacts` (``latency_runner``), the runtime that verifies and predicts.
 """
 
 from __future__ import annotations
@@ -15,49 +16,7 @@ import time
 
 import numpy as np
 
-from keras_vit.deploy.artifacts import FLOAT_SIGNATURE, artifact_kind
-
-
-def _tflite_runner(path, threads, image):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
-    details = interpreter.get_input_details()[0]
-    if list(details["shape"]) != list(image.shape):
-        interpreter.resize_tensor_input(details["index"], image.shape, strict=False)
-    interpreter.allocate_tensors()
-    details = interpreter.get_input_details()[0]
-    feed = image
-    if details["dtype"] in (np.int8, np.uint8):
-        scale, zero_point = details["quantization"]
-        info = np.iinfo(details["dtype"])
-        feed = np.clip(np.round(image / scale + zero_point), info.min, info.max).astype(details["dtype"])
-    interpreter.set_tensor(details["index"], feed.astype(details["dtype"]))
-    return interpreter.invoke
-
-
-def _onnx_runner(path, threads, image):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: image})
-
-
-def _savedmodel_runner(path, threads, image):
-    # TensorFlow fixes its thread pools when it starts: the process's own count is used.
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(os.fspath(path))
-    function = loaded.signatures[FLOAT_SIGNATURE]
-    tensor = tf.constant(image)
-    return lambda: (loaded, function(images=tensor)["outputs"].numpy())
-
-
-_RUNNERS = {"tflite": _tflite_runner, "onnx": _onnx_runner, "savedmodel": _savedmodel_runner}
+from keras_vit.deploy.artifacts import READERS, artifact_kind
 
 
 def thread_settings():
@@ -110,13 +69,13 @@ def measure_latency(paths, image, runs=20, warmup=2, settings=None, clock="wall"
     runners, results = [], {}
     for path in paths:
         kind = artifact_kind(path)
-        if kind not in _RUNNERS or (clock == "thread" and kind == "savedmodel"):
+        if kind == "keras" or (clock == "thread" and kind == "savedmodel"):
             continue
         results[path] = {}
         labels = {"process_threads": None} if kind == "savedmodel" else settings
         for label, threads in labels.items():
             try:
-                runners.append((path, label, _RUNNERS[kind](path, threads, image)))
+                runners.append((path, label, READERS[kind].latency_runner(path, image, threads)))
             except Exception as error:  # a file the runtime refuses: reported, not fatal
                 results[path] = {"error": str(error).strip().splitlines()[0]}
     times = {(path, label): [] for path, label, _ in runners}

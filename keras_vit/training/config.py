@@ -19,7 +19,7 @@ import os
 from typing import Dict, Optional
 
 from keras_vit import run_folder
-from keras_vit.core.config import did_you_mean
+from keras_vit.core.config import ARGUMENT_NAMES, decode_variant, did_you_mean, optional_fields
 
 RECIPES = ("scratch", "finetune")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -89,63 +89,63 @@ class DataConfig:
     random_erasing: Optional[float] = None
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
+_MODEL_SECTION_DOC = """The keyword arguments of :func:`keras_vit.ViT` (``ViT(**model, num_classes=K)``).
 
-    variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
-        (``Ti/4`` at width 64, 4 blocks), the checkpoint's architecture with ``weights``,
-        ``"B/16"`` with a published name, and ``"Ti/16"`` otherwise.
-    patch_size, hidden_size, num_layers, num_heads, mlp_dim: override the variant's.
-    image_size, channels: input; defaults 28 and 1 for the digits, the checkpoint's with
-        ``weights`` (another image size resamples the position embeddings), 224 and 3 otherwise.
-    pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
-        (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
-    pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
-        contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
-        evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
-        the original's x / 127.5 - 1), resize method (default bilinear), evaluation crop
-        (default 1.0, squash); with ``weights``, the checkpoint's.
-    weights: checkpoint to start from (fine-tuning): a timm or Hugging Face folder,
-        ``hf://<org>/<name>``, an original ``.npz``, a ``.keras`` model, or a published name
-        of ``variant``. The fields left ``None`` then take the checkpoint's values
-        (architecture, options, input size, normalisation, name); the head is a new
-        zero-initialised one for the data's classes.
-    name, resnet, position_embedding, layer_norm_epsilon, gelu, layer_scale_init,
-        num_register_tokens, distillation_token, norm_after_pooling,
-        patch_position_embedding_only, position_resampling: as
-        ``keras_vit.ViT``; ``None`` is the checkpoint's value, else the builder's default.
-    """
+variant: ``"B/16"``-style; default the small MNIST ViT on the embedded digits
+    (``Ti/4`` at width 64, 4 blocks), the checkpoint's architecture with ``weights``,
+    ``"B/16"`` with a published name, and ``"Ti/16"`` otherwise.
+patch_size, hidden_size, num_layers, num_heads, mlp_dim: override the variant's.
+image_size, channels: input; defaults 28 and 1 for the digits, the checkpoint's with
+    ``weights`` (another image size resamples the position embeddings), 224 and 3 otherwise.
+pooling, dropout, drop_path_rate, representation_size: as ``keras_vit.ViT``
+    (pooling defaults to ``"gap"`` for the small MNIST ViT, ``"token"`` otherwise).
+pixel_mean, pixel_std, interpolation, crop_fraction, crop_mode: the model's input
+    contract (:class:`keras_vit.core.image_spec.ImageSpec`), which the training and
+    evaluation pipelines follow: mean/std per channel of [0, 1] pixels (default 0.5,
+    the original's x / 127.5 - 1), resize method (default bilinear), evaluation crop
+    (default 1.0, squash); with ``weights``, the checkpoint's.
+weights: checkpoint to start from (fine-tuning): a timm or Hugging Face folder,
+    ``hf://<org>/<name>``, an original ``.npz``, a ``.keras`` model, or a published name
+    of ``variant``. The fields left ``None`` then take the checkpoint's values
+    (architecture, options, input size, normalisation, name); the head is a new
+    zero-initialised one for the data's classes.
+name, resnet, position_embedding, layer_norm_epsilon, gelu, layer_scale_init,
+    num_register_tokens, distillation_token, norm_after_pooling,
+    patch_position_embedding_only, position_resampling: as
+    ``keras_vit.ViT``; ``None`` is the checkpoint's value, else the builder's default.
+"""
 
-    variant: Optional[str] = None
-    patch_size: Optional[int] = None
-    hidden_size: Optional[int] = None
-    num_layers: Optional[int] = None
-    num_heads: Optional[int] = None
-    mlp_dim: Optional[int] = None
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
-    pooling: Optional[str] = None
-    dropout: float = 0.0
-    drop_path_rate: float = 0.0
-    representation_size: Optional[int] = None
-    pixel_mean: Optional[list] = None
-    pixel_std: Optional[list] = None
-    interpolation: Optional[str] = None
-    crop_fraction: Optional[float] = None
-    crop_mode: Optional[str] = None
-    weights: Optional[str] = None
-    name: Optional[str] = None
-    resnet: Optional[list] = None
-    position_embedding: Optional[str] = None
-    layer_norm_epsilon: Optional[float] = None
-    gelu: Optional[str] = None
-    layer_scale_init: Optional[float] = None
-    num_register_tokens: Optional[int] = None
-    distillation_token: Optional[bool] = None
-    norm_after_pooling: Optional[bool] = None
-    patch_position_embedding_only: Optional[bool] = None
-    position_resampling: Optional[str] = None
+
+def _builder_arguments(model) -> dict:
+    """The arguments ``ViT(variant, **fields)`` builds with: the fields that are set (None
+    takes the builder's default) and a hybrid variant's ResNet stem."""
+    arguments = {name: value for name, value in dataclasses.asdict(model).items()
+                 if name in ARGUMENT_NAMES and value is not None}
+    if model.variant is not None and "resnet" not in arguments:
+        arguments["resnet"] = decode_variant(model.variant).resnet
+    return arguments
+
+
+# The builder's own fields (names and defaults from VisionTransformerConfig), in this order.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [
+        ("variant", Optional[str], dataclasses.field(default=None)),
+        *optional_fields(
+            ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size", "channels", "pooling",
+             "dropout", "drop_path_rate", "representation_size", "pixel_mean", "pixel_std", "interpolation",
+             "crop_fraction", "crop_mode"),
+            keep_defaults=("dropout", "drop_path_rate"),
+        ),
+        ("weights", Optional[str], dataclasses.field(default=None)),
+        ("name", Optional[str], dataclasses.field(default=None)),
+        *optional_fields(
+            ("resnet", "position_embedding", "layer_norm_epsilon", "gelu", "layer_scale_init", "num_register_tokens",
+             "distillation_token", "norm_after_pooling", "patch_position_embedding_only", "position_resampling"),
+        ),
+    ],
+    namespace={"__module__": __name__, "__doc__": _MODEL_SECTION_DOC, "builder_arguments": _builder_arguments},
+)
 
 
 @dataclasses.dataclass

@@ -144,15 +144,9 @@ def _resolve_model(c: TrainConfig, digits: bool, defaults: dict) -> bool:
         model.channels = 1 if digits else 3
     if not is_int(model.patch_size):
         _fail("patch_size", model.patch_size, "a positive integer")
-    if not is_int(model.image_size) or model.image_size % model.patch_size:
+    if not is_int(model.image_size):
         _fail("image_size", model.image_size, f"a positive multiple of patch_size={model.patch_size}")
-    _checked(
-        check_architecture, hidden_size=model.hidden_size, num_layers=model.num_layers, num_heads=model.num_heads,
-        mlp_dim=model.mlp_dim, patch_size=model.patch_size, image_size=model.image_size, channels=model.channels,
-        pooling=model.pooling, dropout=model.dropout, drop_path_rate=model.drop_path_rate,
-        representation_size=model.representation_size, pixel_mean=model.pixel_mean, pixel_std=model.pixel_std,
-        interpolation=model.interpolation, crop_fraction=model.crop_fraction, crop_mode=model.crop_mode,
-    )
+    _checked(check_architecture, **model.builder_arguments())  # the builder's checks, divisibility included
     return from_checkpoint
 
 

@@ -126,25 +126,7 @@ def checkpoint_layout(model: VisionTransformer) -> Dict[str, tuple]:
         add(COLUMN_EMBEDDING_KEY, encoder.column_embedding)
 
     for i in range(model.num_layers):
-        block = model.get_layer(f"encoderblock_{i}")
-        prefix = f"Transformer/encoderblock_{i}"
-        add_norm(f"{prefix}/LayerNorm_0", block.norm_1)
-        attention = block.attention
-        for name, dense in (
-            ("query", attention._query_dense),
-            ("key", attention._key_dense),
-            ("value", attention._value_dense),
-            ("out", attention._output_dense),
-        ):
-            add(f"{prefix}/MultiHeadDotProductAttention_1/{name}/kernel", dense.kernel)
-            add(f"{prefix}/MultiHeadDotProductAttention_1/{name}/bias", dense.bias)
-        add_norm(f"{prefix}/LayerNorm_2", block.norm_2)
-        for name, dense in (("Dense_0", block.mlp.dense_0), ("Dense_1", block.mlp.dense_1)):
-            add(f"{prefix}/MlpBlock_3/{name}/kernel", dense.kernel)
-            add(f"{prefix}/MlpBlock_3/{name}/bias", dense.bias)
-        if block.layer_scale_1 is not None:
-            add(f"{prefix}/LayerScale_1/scale", block.layer_scale_1)
-            add(f"{prefix}/LayerScale_2/scale", block.layer_scale_2)
+        _add_block(model.get_layer(f"encoderblock_{i}"), f"Transformer/encoderblock_{i}", add, add_norm)
     if _has_layer(model, "encoder_norm"):
         add_norm("Transformer/encoder_norm", model.get_layer("encoder_norm"))
     if _has_layer(model, "fc_norm"):
@@ -159,6 +141,26 @@ def checkpoint_layout(model: VisionTransformer) -> Dict[str, tuple]:
     if model.resnet is not None:
         _add_stem(model, add, add_norm)
     return layout
+
+
+def _add_block(block, prefix, add, add_norm):
+    add_norm(f"{prefix}/LayerNorm_0", block.norm_1)
+    attention = block.attention
+    for name, dense in (
+        ("query", attention._query_dense),
+        ("key", attention._key_dense),
+        ("value", attention._value_dense),
+        ("out", attention._output_dense),
+    ):
+        add(f"{prefix}/MultiHeadDotProductAttention_1/{name}/kernel", dense.kernel)
+        add(f"{prefix}/MultiHeadDotProductAttention_1/{name}/bias", dense.bias)
+    add_norm(f"{prefix}/LayerNorm_2", block.norm_2)
+    for name, dense in (("Dense_0", block.mlp.dense_0), ("Dense_1", block.mlp.dense_1)):
+        add(f"{prefix}/MlpBlock_3/{name}/kernel", dense.kernel)
+        add(f"{prefix}/MlpBlock_3/{name}/bias", dense.bias)
+    if block.layer_scale_1 is not None:
+        add(f"{prefix}/LayerScale_1/scale", block.layer_scale_1)
+        add(f"{prefix}/LayerScale_2/scale", block.layer_scale_2)
 
 
 def _add_stem(model, add, add_norm):
@@ -194,7 +196,7 @@ def resample_position_embedding(posemb, new_grid, *, has_class_token, old_grid=N
     """
     posemb = np.asarray(posemb)
     num_extra = int(has_class_token)
-    tokens, grid = posemb[:, :num_extra], posemb[0, num_extra:]
+    grid = posemb[0, num_extra:]
     if old_grid is None:
         side = math.isqrt(grid.shape[0])
         if side * side != grid.shape[0]:
@@ -205,11 +207,17 @@ def resample_position_embedding(posemb, new_grid, *, has_class_token, old_grid=N
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != grid.shape[0]:
         raise ValueError(f"old_grid {old_grid} does not hold {grid.shape[0]} position embeddings.")
-    grid = grid.reshape(old_grid[0], old_grid[1], -1)
     zoom = (new_grid[0] / old_grid[0], new_grid[1] / old_grid[1], 1)
-    grid = scipy.ndimage.zoom(grid, zoom, order=1)
-    grid = grid.reshape(1, new_grid[0] * new_grid[1], -1)
-    return np.concatenate([tokens, grid], axis=1)
+    return resample_grid_tokens(posemb, num_extra, old_grid, new_grid,
+                                lambda grid: scipy.ndimage.zoom(grid, zoom, order=1))
+
+
+def resample_grid_tokens(posemb, num_prefix_tokens, old_grid, new_grid, resize):
+    """(1, prefix + gh * gw, D) position embeddings -> (1, prefix + gh' * gw', D): the prefix
+    tokens' kept, the (gh, gw, D) grid resized to ``new_grid`` by ``resize``."""
+    tokens, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    resized = np.asarray(resize(grid.reshape(old_grid[0], old_grid[1], -1)))
+    return np.concatenate([tokens, resized.reshape(1, new_grid[0] * new_grid[1], -1).astype(posemb.dtype)], axis=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,12 +241,12 @@ def load_npz(model, path, *, reset_head: Optional[bool] = None, old_grid=None):
     return _load_params(model, read_npz(path), source, reset_head=reset_head, old_grid=old_grid)
 
 
-def _load_params(model, params, source, *, reset_head=None, old_grid=None):
-    layout = checkpoint_layout(model)
-    consumed = set()
-    assignments = []
-    errors = []
-
+def _fresh_heads(layout, params, reset_head):
+    """The original fine-tuning's adaptations: a head of another size (or ``reset_head``)
+    becomes a zero-initialised one, a head or ``pre_logits`` the model lacks is dropped.
+    Returns the checkpoint keys so consumed and the zero assignments; ``layout`` loses the
+    reset heads' keys."""
+    consumed, assignments = set(), []
     for head in ("head", "head_dist"):
         keys = (f"{head}/kernel", f"{head}/bias")
         head_kernel = layout.get(keys[0])
@@ -246,7 +254,6 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
         if head_kernel is not None and (
             reset_head or (ckpt_head is not None and ckpt_head.shape != head_kernel[1])
         ):
-            # Fine-tuning as the original: a fresh zero-initialised head.
             if ckpt_head is not None:
                 logger.warning("%s %s replaced by a zero-initialised %s (a new head, as fine-tuning starts).",
                                head.capitalize(), ckpt_head.shape, head_kernel[1])
@@ -259,7 +266,13 @@ def _load_params(model, params, source, *, reset_head=None, old_grid=None):
     if "pre_logits/kernel" not in layout and "pre_logits/kernel" in params:
         logger.warning("Checkpoint's pre_logits layer dropped: the model has no representation layer.")
         consumed.update(PRE_LOGITS_KEYS)
+    return consumed, assignments
 
+
+def _load_params(model, params, source, *, reset_head=None, old_grid=None):
+    layout = checkpoint_layout(model)
+    consumed, assignments = _fresh_heads(layout, params, reset_head)
+    errors = []
     for key, (variable, ckpt_shape) in layout.items():
         if key not in params:
             errors.append(f"model weight {variable.path} {tuple(variable.shape)} has no checkpoint key {key!r}")

@@ -1,15 +1,12 @@
 """Rewrites of converted TFLite files that LiteRT's int8 kernels need.
 
 The TFLite form of the layers themselves (LayerNorm as ops that stay int8) is chosen in
-:mod:`keras_vit.backends.tflite`, through the same switch as the fused CPU forms;
-:func:`tflite_forms` is re-exported here for the exporter.
+:mod:`keras_vit.backends.tflite`, through the same switch as the fused CPU forms.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from keras_vit.backends.tflite import tflite_forms  # noqa: F401 (the exporter's import)
 
 # Ops whose int8 output must carry their input's scale and zero point unchanged.
 _PASS_THROUGH = ("RESHAPE", "TRANSPOSE")
