@@ -135,7 +135,8 @@ def _cell(value):
 
 # --------------------------------------------------------------------------- train / evaluate
 def _run_train(args):
-    from keras_vit.training.config import TrainConfig, load_config_file, resolve_config
+    from keras_vit.training.config import TrainConfig, load_config_file
+    from keras_vit.training.resolution import resolve_config
 
     config = load_config_file(args.config) if args.config else TrainConfig()
     overrides = {field: getattr(args, field) for field in TrainConfig.field_names() if hasattr(args, field)}

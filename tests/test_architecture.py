@@ -57,3 +57,43 @@ def test_the_core_imports_no_tensorflow_at_import_time():
     )
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.split() == ["False", "keras_vit.core.layers"]
+
+
+# The size limits of the package's code (issue 25): a longer function or module is split by purpose.
+MAX_FUNCTION_LINES = 60  # without its docstring
+MAX_MODULE_LINES = 600
+
+
+def _function_lengths(path):
+    import ast
+
+    with open(path) as file:
+        tree = ast.parse(file.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring is not None:
+                first = node.body[0]
+                lines -= first.end_lineno - first.lineno + 1
+            yield f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name}", lines
+
+
+def _package_modules():
+    for folder, _, files in os.walk(os.path.join(REPO, "keras_vit")):
+        yield from (os.path.join(folder, name) for name in sorted(files) if name.endswith(".py"))
+
+
+def test_no_function_or_module_is_over_the_size_limits():
+    modules = list(_package_modules())
+    assert len(modules) > 40  # the walk found the package
+    long_modules = {}
+    for path in modules:
+        with open(path) as file:
+            count = sum(1 for _ in file)
+        if count > MAX_MODULE_LINES:
+            long_modules[os.path.relpath(path, REPO)] = count
+    long_functions = {name: lines for path in modules for name, lines in _function_lengths(path)
+                      if lines > MAX_FUNCTION_LINES}
+    assert long_modules == {}, f"modules over {MAX_MODULE_LINES} lines"
+    assert long_functions == {}, f"functions over {MAX_FUNCTION_LINES} lines without their docstring"

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from keras_vit import cli
-from keras_vit.training.config import TrainConfig, load_config_file, resolve_config
+from keras_vit.training.config import TrainConfig, load_config_file
+from keras_vit.training.resolution import resolve_config
 from keras_vit.training.fit import evaluate, train
 from keras_vit.training.recipes import build_model, build_optimizer, compile_model
 

@@ -5,7 +5,7 @@ A :class:`TrainConfig` has five sections: ``data`` (what the data pipelines take
 aside, which the data gives), ``optimization``, ``hardware`` and ``run``. Field names are
 unique across sections, so a flat mapping (CLI flags, a flat YAML file, or
 ``TrainConfig(epochs=3, image_folder="photos")``) maps onto them; nested YAML/JSON
-(``model: {variant: S/16}``) works too. :func:`resolve_config`
+(``model: {variant: S/16}``) works too. :func:`keras_vit.training.resolution.resolve_config`
 (:mod:`keras_vit.training.resolution`) fills the fields left ``None`` from the recipe and
 the dataset and checks each section before any work starts, naming the field, its value
 and what is accepted.
@@ -246,7 +246,7 @@ def _unknown_fields_message(unknown, source):
 
 class TrainConfig:
     """Everything a training run needs, in five sections; ``None`` fields take recipe or
-    dataset defaults (:func:`resolve_config`).
+    dataset defaults (:func:`keras_vit.training.resolution.resolve_config`).
 
     Build it from sections, from flat fields, or both::
 
@@ -370,13 +370,6 @@ def load_config_file(path):
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise ValueError(f"Configuration file {path!r} is not valid {extension[1:].upper()}: {error}") from None
     return TrainConfig.from_dict(values or {}, source=f"configuration file {path!r}")
-
-
-def resolve_config(config: TrainConfig) -> TrainConfig:
-    """The complete, checked configuration: see :func:`keras_vit.training.resolution.resolve_config`."""
-    from keras_vit.training.resolution import resolve_config as resolve  # it imports this module
-
-    return resolve(config)
 
 
 def run_directory(config: TrainConfig) -> str:

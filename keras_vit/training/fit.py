@@ -31,7 +31,8 @@ from keras_vit.training.callbacks import (
     catching_sigterm,
     read_backup,
 )
-from keras_vit.training.config import TrainConfig, resolve_config
+from keras_vit.training.config import TrainConfig
+from keras_vit.training.resolution import resolve_config
 from keras_vit.training.ema import AveragedValidation, use_averaged_weights
 from keras_vit.training.preparation import build_trainee, nan_stop_error, prepare, scratch_hint
 from keras_vit.training.recipes import build_datasets, build_strategy, compile_model, multiworker_requested

@@ -42,7 +42,7 @@ import numpy as np
 
 from keras_vit import backends
 from keras_vit.training import lifecycle
-from keras_vit.training.config import resolve_config
+from keras_vit.training.resolution import resolve_config
 from keras_vit.training.ema import averaged_weights, use_averaged_weights
 from keras_vit.training.preparation import (
     build_trainee,
