@@ -10,7 +10,8 @@ import pytest
 from keras_vit.core.config import ARGUMENT_NAMES, VisionTransformerConfig, check_architecture
 from keras_vit.core.image_spec import ImageSpec
 from keras_vit.core.models import CONSTRUCTOR_ARGUMENTS, VisionTransformer
-from keras_vit.training.config import ModelConfig, TrainConfig, resolve_config
+from keras_vit.training.config import ModelConfig, TrainConfig
+from keras_vit.training.resolution import resolve_config
 
 TINY = dict(image_size=16, patch_size=4, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, num_classes=3)
 

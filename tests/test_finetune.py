@@ -16,7 +16,7 @@ import pytest
 import keras_vit
 from keras_vit import cli
 from keras_vit.run_folder import load_model
-from keras_vit.training.config import resolve_config
+from keras_vit.training.resolution import resolve_config
 from keras_vit.weights.hub import convert_pretrained
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

@@ -15,7 +15,8 @@ from conftest import randomize, tiny_vit
 from keras_vit import cli
 from keras_vit.data.erasing import random_erasing
 from keras_vit.training import layer_decay, optimizers
-from keras_vit.training.config import TrainConfig, resolve_config
+from keras_vit.training.config import TrainConfig
+from keras_vit.training.resolution import resolve_config
 from keras_vit.training.distillation import attach_teacher, distillation_loss
 from keras_vit.training.ema import AveragedValidation, averaged_weights, averages
 from keras_vit.training.recipes import build_datasets, build_model, build_optimizer

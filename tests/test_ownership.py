@@ -20,7 +20,8 @@ from keras_vit import cli, ownership
 from keras_vit.data.images import list_image_files
 from keras_vit.data.pipelines import scan_image_folder
 from keras_vit.deploy import export
-from keras_vit.training.config import TrainConfig, resolve_config
+from keras_vit.training.config import TrainConfig
+from keras_vit.training.resolution import resolve_config
 from keras_vit.training.fit import train
 
 from conftest import randomize, tiny_vit

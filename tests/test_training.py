@@ -294,7 +294,8 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
         import json, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from keras_vit.training.config import TrainConfig, resolve_config
+        from keras_vit.training.config import TrainConfig
+        from keras_vit.training.resolution import resolve_config
         from keras_vit.training.fit import train
         from keras_vit.training.recipes import build_model, build_optimizer, build_strategy, compile_model
         config = resolve_config(TrainConfig(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, epochs=2,
