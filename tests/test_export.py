@@ -285,6 +285,7 @@ def test_int8_without_calibration_data_is_refused_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # exports
 def test_an_artifact_outside_its_tolerance_fails_by_name(tmp_path):
     model = from_npz(os.path.join(DATA, "vit_token.npz"))
     images = np.load(os.path.join(DATA, "vit_token.expected.npz"))["images"]

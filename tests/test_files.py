@@ -127,6 +127,7 @@ def test_sigkill_at_random_moments_never_leaves_a_torn_file(tmp_path):
     assert len(leftovers) <= 12  # at most one temporary per killed writer, never the target torn
 
 
+@pytest.mark.slow  # starts a process
 def test_a_second_process_is_refused_the_run_folder_with_one_line(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(

@@ -30,6 +30,7 @@ def _batches(count, image_size=16, classes=5, seed=0):
     return images, labels
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("accumulation", [None, 2])
 def test_ema_follows_timm_model_ema_v2_update_on_each_optimizer_update(accumulation):
     decay, steps = 0.8, 6
@@ -54,6 +55,7 @@ def test_ema_follows_timm_model_ema_v2_update_on_each_optimizer_update(accumulat
     assert max(np.abs(v.numpy() - e).max() for v, e in zip(model.trainable_variables, expected)) > 1e-3
 
 
+@pytest.mark.slow  # trains
 def test_validation_and_saving_see_the_averaged_weights_and_training_its_own():
     model = randomize(tiny_vit(), seed=2)
     model.compile(optimizer=optimizers.AdamW(learning_rate=0.05, use_ema=True, ema_momentum=0.5),

@@ -89,6 +89,7 @@ def test_a_dynamic_size_model_resamples_npz_embeddings_as_the_original_loader():
     np.testing.assert_allclose(dynamic.predict(larger, verbose=0), resized.predict(larger, verbose=0), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # trains
 def test_a_dynamic_size_model_trains_saves_reloads_and_takes_several_sizes(tmp_path):
     model = randomize(tiny_vit(dynamic_image_size=True, position_resampling="bicubic"))
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -65,6 +65,7 @@ def _png_header(width, height):
 
 
 # --------------------------------------------------------------------------- the int8 files
+@pytest.mark.slow  # exports (the module fixture)
 def test_full_integer_file_has_no_float_op(exported):
     folder, _, manifest = exported
     assert export.float_ops(folder / "model_int8.tflite") == []
@@ -75,6 +76,7 @@ def test_full_integer_file_has_no_float_op(exported):
     assert not {"NEG", "DEQUANTIZE", "QUANTIZE", "SQUARED_DIFFERENCE"} & set(ops), ops
 
 
+@pytest.mark.slow  # exports (the module fixture)
 def test_xnnpack_runs_every_int8_attention_matmul(exported):
     folder, _, _ = exported
     path = str(folder / "model_int8.tflite")
@@ -89,6 +91,7 @@ def test_xnnpack_runs_every_int8_attention_matmul(exported):
     assert profile["ops"]["FULLY_CONNECTED"]["xnnpack"] == profile["ops"]["FULLY_CONNECTED"]["calls"]
 
 
+@pytest.mark.slow  # exports (the module fixture)
 def test_mixed_int8_file_quantizes_only_the_weight_matmuls(exported):
     folder, _, manifest = exported
     path = str(folder / "model_int8_mixed.tflite")
@@ -129,6 +132,7 @@ def test_tflite_layer_norm_form_is_traced_only_inside_its_context():
     np.testing.assert_allclose(rewritten, expected, atol=1e-5)
 
 
+@pytest.mark.slow  # exports (the module fixture)
 def test_op_profile_times_every_op_of_the_file(exported):
     folder, _, _ = exported
     path = str(folder / "model_float32.tflite")
@@ -140,6 +144,7 @@ def test_op_profile_times_every_op_of_the_file(exported):
 
 
 # --------------------------------------------------------------------------- what to ship
+@pytest.mark.slow  # exports (the module fixture)
 def test_manifest_gives_each_file_latency_and_a_recommendation_per_target(exported):
     folder, _, manifest = exported
     on_disk = json.loads((folder / "manifest.json").read_text())
@@ -161,6 +166,7 @@ def test_manifest_gives_each_file_latency_and_a_recommendation_per_target(export
     assert f"ms {os.cpu_count()} threads" in table and "- integer_only_accelerator: model_int8.tflite (" in table
 
 
+@pytest.mark.slow  # exports (the module fixture)
 def test_benchmark_artifacts_times_every_exported_file(exported, capsys):
     folder, _, manifest = exported
     status = main(["benchmark", "--artifacts", str(folder), "--runs", "2", "--json"])
@@ -180,6 +186,7 @@ def test_benchmark_artifacts_times_every_exported_file(exported, capsys):
 
 
 # --------------------------------------------------------------------------- SavedModel
+@pytest.mark.slow  # exports (the module fixture)
 def test_savedmodel_stores_the_weights_once(exported):
     folder, model, _ = exported
     reader = tf.train.load_checkpoint(str(folder / "saved_model" / "variables" / "variables"))
@@ -188,6 +195,7 @@ def test_savedmodel_stores_the_weights_once(exported):
     assert stored == model.count_params()
 
 
+@pytest.mark.slow  # exports (the module fixture)
 def test_bytes_signature_fails_only_the_unreadable_images(exported):
     folder, model, manifest = exported
     _, (x_val, _) = load_embedded_mnist()
@@ -210,6 +218,7 @@ def test_bytes_signature_fails_only_the_unreadable_images(exported):
 
 
 # --------------------------------------------------------------------------- preprocessing inside
+@pytest.mark.slow  # exports
 def test_a_model_with_preprocessing_inside_exports_and_predicts_on_pixels(tmp_path):
     model = _tiny(include_preprocessing=True)
     assert model.image_spec.pixels_inside

@@ -204,6 +204,7 @@ def test_existing_folders_are_protected(tmp_path):
         train(TrainConfig(**TINY, epochs=3, output=str(unfinished)), verbose=0)
 
 
+@pytest.mark.slow  # trains
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     output = tmp_path / "nan"
     # The warm-up starts at lr 0, so epoch 1 is finite; then lr 1e36 overflows the weights.
@@ -254,6 +255,7 @@ def test_multiworker_refuses_distillation_by_name_before_any_work(tmp_path, monk
 # --------------------------------------------------------------------------- gradient accumulation
 
 
+@pytest.mark.slow  # trains
 def test_gradient_accumulation_over_4_micro_batches_equals_one_large_batch():
     config = resolve_config(TrainConfig(**TINY, recipe="finetune", epochs=2, warmup_epochs=0, learning_rate=0.05))
     rng = np.random.default_rng(0)
@@ -394,6 +396,7 @@ def test_run_killed_with_sigkill_mid_epoch_resumes_and_ends_with_the_same_step_c
     assert metrics["optimizer_steps"] == uninterrupted["optimizer_steps"] == epochs * steps
 
 
+@pytest.mark.slow  # trains
 def test_precision_and_jit_compile_resolution_and_a_bfloat16_run(tmp_path):
     from keras_vit.training.recipes import resolve_jit_compile, resolve_precision
 
@@ -410,6 +413,7 @@ def test_precision_and_jit_compile_resolution_and_a_bfloat16_run(tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
+@pytest.mark.slow  # trains
 def test_finetune_from_an_npz_checkpoint_with_zero_head_and_accumulation(tmp_path):
     from keras_vit.weights.npz import from_npz
 
@@ -433,6 +437,7 @@ def test_finetune_from_an_npz_checkpoint_with_zero_head_and_accumulation(tmp_pat
     assert any(w.any() for w in tuned.get_layer("head").get_weights())
 
 
+@pytest.mark.slow  # trains two runs
 def test_overwrite_keeps_the_old_run_until_its_replacement_has_finished(tmp_path):
     output = tmp_path / "run"
     train(TrainConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(output)), verbose=0)
@@ -449,6 +454,7 @@ def test_overwrite_keeps_the_old_run_until_its_replacement_has_finished(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
+@pytest.mark.slow  # trains
 def test_a_finished_run_with_a_torn_model_file_is_repaired_from_its_last_checkpoint(tmp_path, caplog):
     output = tmp_path / "run"
     metrics = train(TrainConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(output)), verbose=0)
