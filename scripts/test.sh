@@ -4,11 +4,11 @@
 #   bash scripts/test.sh -m "not slow"     the fast tier (no training runs, exports or child processes)
 # Two pytest-xdist workers (TEST_WORKERS to change; 0 runs in this process): most tests spend
 # their time in one thread (tracing, conversion, process start), so two share two cores well.
-# --dist loadgroup keeps each file in one worker and the main job's tests together (conftest.py).
+# Each file runs in one worker, the files that use the main job together (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh dev
-_workers=(-n "${TEST_WORKERS:-2}" --dist loadgroup)
+_workers=(-n "${TEST_WORKERS:-2}")
 echo "[test] TensorFlow backend: the whole suite"
 KERAS_BACKEND=tensorflow python -m pytest -q -p no:cacheprovider "${_workers[@]}" --durations=15 "$@" tests
 echo "[test] JAX backend: the model core and the optimizers"

@@ -92,14 +92,41 @@ def mnist_validation():
     return scale_pixels(x_val[..., None]), y_val.astype("int64")
 
 
+MAIN_JOB_FIXTURES = ("mnist_run", "readme_session")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        uses_main_job = bool({"mnist_run", "readme_session"} & set(getattr(item, "fixturenames", ())))
-        if uses_main_job:  # the training takes minutes
-            item.add_marker(pytest.mark.slow)
-        # With pytest-xdist's --dist loadgroup (scripts/test.sh), a group runs in one worker:
-        # the main job is trained by one worker only, and a file's module fixtures are built once.
-        item.add_marker(pytest.mark.xdist_group("main_job" if uses_main_job else item.nodeid.split("::")[0]))
+        if set(MAIN_JOB_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)  # the training takes minutes
+
+
+def _main_job_files():
+    """The test files that use the main job (their source names one of its fixtures)."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    files = set()
+    for name in os.listdir(folder):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(folder, name)) as file:
+                source = file.read()
+            if any(fixture in source for fixture in MAIN_JOB_FIXTURES):
+                files.add(name)
+    return files
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (scripts/test.sh runs two workers) hands out whole files, and the files
+    that use the main job as one unit, so that one worker trains it and the other never waits."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    main_job_files = _main_job_files()
+
+    class FilesAndTheMainJob(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return "main job" if os.path.basename(path) in main_job_files else path
+
+    return FilesAndTheMainJob(config, log)
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
