@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_vit import backends
-from keras_vit.core.config import GELUS, POOLINGS, as_pair
+from keras_vit.core.config import GELUS, LAYER_NORM_EPSILON, POOLINGS, as_pair
 
 # The patch embedding lives in core/embedding.py; re-exported here, where models, weights
 # and visualisation import it from.
@@ -26,7 +26,6 @@ from keras_vit.core.embedding import (  # noqa: F401
     sincos_2d_position_embedding,
 )
 
-LAYER_NORM_EPSILON = 1e-6  # the original's (Keras defaults to 1e-3)
 
 _PACKAGE = "keras_vit"
 

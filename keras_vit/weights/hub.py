@@ -40,12 +40,6 @@ logger = logging.getLogger(__name__)
 # Each format's module reads and writes its repositories through the same functions.
 _FORMAT_MODULES = {"timm": timm, "huggingface": huggingface}
 
-timm_to_layout = timm.to_published_layout
-huggingface_to_layout = huggingface.to_published_layout
-timm_state_dict = timm.state_dict
-resample_timm_position_embedding = timm.resample_position_embedding
-huggingface_state_dict = huggingface.state_dict
-
 
 # --------------------------------------------------------------------------- reading
 def _check_attention_shapes(tensors, kind, num_heads, path):
