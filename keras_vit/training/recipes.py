@@ -202,8 +202,6 @@ def build_model(config: TrainConfig, num_classes: int, class_names=None):
     weights, variant = arguments.pop("weights", None), arguments.pop("variant", None)
     if config.optimization.teacher is not None:
         arguments["distillation_token"] = True  # DeiT's student: the token the teacher trains
-    if arguments.get("resnet") is not None:
-        arguments["resnet"] = (tuple(arguments["resnet"][0]), arguments["resnet"][1])
     arguments.update(num_classes=num_classes, class_names=None if class_names is None else list(class_names))
     model = ViT(variant, **arguments) if variant is not None else VisionTransformer(**arguments)
     if weights is not None:
