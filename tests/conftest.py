@@ -101,22 +101,37 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)  # the training takes minutes
 
 
+def _uses_the_main_job(source):
+    """Whether a test file's functions (tests or fixtures) take one of the main job's fixtures
+    as a parameter: a mention in a string or a path name does not count."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if {argument.arg for argument in node.args.args} & set(MAIN_JOB_FIXTURES):
+                return True
+    return False
+
+
 def _main_job_files():
-    """The test files that use the main job (their source names one of its fixtures)."""
+    """The test files that use the main job."""
     folder = os.path.dirname(os.path.abspath(__file__))
     files = set()
     for name in os.listdir(folder):
         if name.startswith("test_") and name.endswith(".py"):
             with open(os.path.join(folder, name)) as file:
-                source = file.read()
-            if any(fixture in source for fixture in MAIN_JOB_FIXTURES):
-                files.add(name)
+                if _uses_the_main_job(file.read()):
+                    files.add(name)
     return files
+
+
+MAIN_JOB_UNIT = "main job"
 
 
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist (scripts/test.sh runs two workers) hands out whole files, and the files
-    that use the main job as one unit, so that one worker trains it and the other never waits."""
+    that use the main job as one unit, first: one worker trains it and runs its tests (the
+    longest path of the suite) while the other runs the remaining files."""
     from xdist.scheduler import LoadScopeScheduling
 
     main_job_files = _main_job_files()
@@ -124,7 +139,12 @@ def pytest_xdist_make_scheduler(config, log):
     class FilesAndTheMainJob(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             path = nodeid.split("::", 1)[0]
-            return "main job" if os.path.basename(path) in main_job_files else path
+            return MAIN_JOB_UNIT if os.path.basename(path) in main_job_files else path
+
+        def _assign_work_unit(self, node):
+            if MAIN_JOB_UNIT in self.workqueue:
+                self.workqueue.move_to_end(MAIN_JOB_UNIT, last=False)
+            super()._assign_work_unit(node)
 
     return FilesAndTheMainJob(config, log)
 

@@ -1,8 +1,10 @@
 """keras_vit.export: every artifact checked in its own runtime against the Keras model.
 
-A tiny ViT trained on the embedded MNIST digits (session fixture, ~40 s) is exported once
-to all formats; the tests then load each artifact themselves (tf.saved_model, the
-ai-edge-litert Interpreter, onnxruntime) rather than trusting the manifest.
+The README's main job (conftest's ``mnist_run``, a ViT trained on the embedded MNIST digits)
+is exported once with the defaults; the tests then load each artifact themselves
+(tf.saved_model, the ai-edge-litert Interpreter, onnxruntime) rather than trusting the
+manifest. Exports of other models (reference checkpoints, Keras's own ``model.export``) are
+in test_export_models.py, so that they do not wait for the main job.
 """
 
 import hashlib
@@ -10,7 +12,6 @@ import json
 import os
 import pathlib
 
-import keras
 import numpy as np
 import onnx
 import onnxruntime
@@ -20,13 +21,12 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import keras_vit
 from keras_vit.data import images as image_reading
-from keras_vit.deploy import artifacts, export
+from keras_vit.deploy import export
 from keras_vit.deploy.artifacts import TFLITE_PRECISIONS
-from keras_vit.weights.npz import from_npz
 from keras_vit.cli import main
-from keras_vit.data import MNIST_CLASS_NAMES, load_embedded_mnist, scale_pixels
+from keras_vit.data import MNIST_CLASS_NAMES, load_embedded_mnist
+from tflite_runner import run_tflite
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
 CLASS_NAMES = MNIST_CLASS_NAMES  # what training on the embedded digits records
 
 
@@ -40,24 +40,6 @@ def mnist_export(mnist_run):
 
 def _entry(manifest, name):
     return next(entry for entry in manifest["artifacts"] if entry["file"] == name)
-
-
-def _run_tflite(path, images):
-    interpreter = Interpreter(model_path=str(path))
-    details = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(details["index"], images.shape)
-    interpreter.allocate_tensors()
-    details, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    if details["dtype"] == np.int8:
-        scale, zero_point = details["quantization"]
-        images = np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
-    interpreter.set_tensor(details["index"], images)
-    interpreter.invoke()
-    result = interpreter.get_tensor(output["index"])
-    if output["dtype"] == np.int8:
-        scale, zero_point = output["quantization"]
-        result = (result.astype("float32") - zero_point) * scale
-    return result
 
 
 def _keras(model, images):
@@ -139,7 +121,7 @@ def test_savedmodel_bytes_signature_gives_keras_top1_on_the_same_decoded_image(m
 def test_float_tflite_matches_keras(mnist_export, mnist_validation, precision, tolerance):
     run, model, _ = mnist_export
     images = mnist_validation[0][:200]
-    outputs = _run_tflite(run / "export" / f"model_{precision}.tflite", images)
+    outputs = run_tflite(run / "export" / f"model_{precision}.tflite", images)
     reference = _keras(model, images)
     # float16 stores the weights rounded to 11 significant bits: the error is relative to
     # the logits' scale, which is about 10 for this model.
@@ -154,7 +136,7 @@ def test_float_tflite_matches_keras(mnist_export, mnist_validation, precision, t
 def test_int8_tflite_agrees_with_the_float_model(mnist_export, mnist_validation, precision):
     run, model, _ = mnist_export
     images, labels = mnist_validation
-    predicted = _run_tflite(run / "export" / f"model_{precision}.tflite", images).argmax(-1)
+    predicted = run_tflite(run / "export" / f"model_{precision}.tflite", images).argmax(-1)
     reference = _keras(model, images).argmax(-1)
     float_accuracy = np.mean(reference == labels)
     assert float_accuracy >= 0.9  # else top-1 agreement would say little
@@ -223,32 +205,6 @@ def test_every_tflite_precision_keeps_the_main_job_accuracy(mnist_export, precis
 
 
 # --------------------------------------------------------------------------- reference models
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["vit_token", "vit_hybrid"])
-def test_reference_checkpoints_export_within_1e4(case, tmp_path):
-    model = from_npz(os.path.join(DATA, f"{case}.npz"))
-    expected = np.load(os.path.join(DATA, f"{case}.expected.npz"))
-    images = expected["images"]
-    data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference images")
-    manifest = export.export_model(
-        model, tmp_path, formats="all", tflite_precisions=["float32"], data=data, progress=False
-    )
-    reference = expected["logits"]
-    assert np.max(np.abs(_keras(model, images) - reference)) <= 1e-4
-    saved = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_images"]
-    outputs = {
-        "saved_model": saved(images=tf.constant(images))["outputs"].numpy(),
-        "model_float32.tflite": _run_tflite(tmp_path / "model_float32.tflite", images),
-        "model.onnx": onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-            None, {"images": images}
-        )[0],
-    }
-    for name, result in outputs.items():
-        assert np.max(np.abs(result - reference)) <= 1e-4, name
-        assert _entry(manifest, name)["verified"]
-    assert (tmp_path / "labels.txt").read_text().split() == [str(i) for i in range(reference.shape[-1])]
-
-
 # --------------------------------------------------------------------------- errors
 def test_existing_artifacts_are_not_overwritten(mnist_export, tmp_path):
     run, _, _ = mnist_export
@@ -278,28 +234,6 @@ def test_bad_arguments_are_refused_with_what_is_accepted(mnist_export, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_without_calibration_data_is_refused_before_any_work(tmp_path):
-    model = from_npz(os.path.join(DATA, "vit_token.npz"))
-    with pytest.raises(ValueError, match=r"int8 needs calibration images.*32x32x3.*--images DIR"):
-        export.export_model(model, tmp_path, formats="tflite", progress=False)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.slow  # exports
-def test_an_artifact_outside_its_tolerance_fails_by_name(tmp_path):
-    model = from_npz(os.path.join(DATA, "vit_token.npz"))
-    images = np.load(os.path.join(DATA, "vit_token.expected.npz"))["images"]
-    data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference")
-    with pytest.raises(RuntimeError, match=r"model_float16.tflite: max abs difference from Keras [0-9.e-]+ exceeds [0-9.e-]+$"):
-        export.export_model(
-            model, tmp_path, formats="tflite", tflite_precisions="float32,float16", data=data,
-            tolerances={"float16": 1e-9}, progress=False,
-        )
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [entry["verified"] for entry in manifest["artifacts"]] == [True, False]
-    assert "exceeds" in manifest["artifacts"][1]["error"]
-
-
 def test_cli_export_tflite_to_an_output_folder(mnist_export, tmp_path, capsys):
     run, _, _ = mnist_export
     status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])
@@ -311,28 +245,3 @@ def test_cli_export_tflite_to_an_output_folder(mnist_export, tmp_path, capsys):
     status = main(["export", str(run), "--format", "tflite", "--precision", "float32", "--output", str(tmp_path / "x")])
     assert status == 2
     assert "keras-vit export: error:" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("export_format", ["tf_saved_model", "litert", "onnx"])
-def test_keras_own_model_export_gets_the_portable_graph_in_every_format(tmp_path, export_format):
-    # model.export traces outside Keras's steps, so the fused TensorFlow-CPU forms (a
-    # training-mode batch norm TFLite and ONNX lack) never reach the file; each file is run
-    # in its own runtime against the Keras model's prediction (which does use the fused forms).
-    model = keras_vit.ViT("Ti/16", image_size=32, num_layers=2, num_classes=5)
-    rng = np.random.default_rng(0)
-    for weight in model.weights:
-        weight.assign(rng.normal(0, 0.2, weight.shape).astype(weight.dtype))
-    images = rng.uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
-    expected = model.predict(images, verbose=0)
-    path = str(tmp_path / {"tf_saved_model": "saved", "litert": "model.tflite", "onnx": "model.onnx"}[export_format])
-    model.export(path, format=export_format, verbose=False)
-    if export_format == "tf_saved_model":
-        loaded = tf.saved_model.load(path)  # held: the function reads its variables
-        outputs = loaded.serve(images).numpy()
-    elif export_format == "litert":
-        assert all(export._is_builtin_op(name) for name in export.tflite_ops(path)), export.tflite_ops(path)
-        outputs = artifacts.load_artifact(path).run(images)
-    else:
-        outputs = artifacts.load_artifact(path).run(images)
-    np.testing.assert_allclose(outputs, expected, atol=1e-4)
