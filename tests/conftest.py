@@ -50,7 +50,8 @@ def randomize(model, seed=0, scale=0.2):
 @pytest.fixture(scope="session")
 def readme_session(tmp_path_factory):
     """README.md's blocks in a fresh copy of the repository, run up to and including the
-    main job's training (``keras-vit train`` with its defaults); test_readme.py runs the rest."""
+    main job's training (``keras-vit train`` with its defaults); test_export.py's fixture runs
+    on through the export of the main job, test_readme.py runs the rest."""
     from readme_runner import ReadmeSession, trains_the_main_job
 
     session = ReadmeSession(tmp_path_factory.mktemp("readme") / "keras_vit")
@@ -74,7 +75,9 @@ def mnist_run(readme_session, tmp_path_factory):
 
     import keras_vit
 
-    trained = os.path.join(readme_session.root, "saved_models", "mnist_vit-ti4")
+    from readme_runner import MAIN_JOB_RUN
+
+    trained = os.path.join(readme_session.root, MAIN_JOB_RUN)
     copy = str(tmp_path_factory.mktemp("saved_models") / "mnist")
     shutil.copytree(trained, copy)
     run = keras_vit.RunFolder(copy)

@@ -163,6 +163,18 @@ class ReadmeSession:
             self.interpreter = None
 
 
+def _runs_command(language, source, command):
+    return language == "bash" and any(line.split("#")[0].strip() == command for line in source.splitlines())
+
+
 def trains_the_main_job(language, source):
     """The README block that trains the main job (``keras-vit train`` with no options)."""
-    return language == "bash" and any(line.split("#")[0].strip() == "keras-vit train" for line in source.splitlines())
+    return _runs_command(language, source, "keras-vit train")
+
+
+MAIN_JOB_RUN = os.path.join("saved_models", "mnist_vit-ti4")
+
+
+def exports_the_main_job(language, source):
+    """The README block that exports the main job with the defaults (every format)."""
+    return _runs_command(language, source, f"keras-vit export {MAIN_JOB_RUN}")

@@ -1,7 +1,7 @@
 """keras_vit.export: every artifact checked in its own runtime against the Keras model.
 
 The README's main job (conftest's ``mnist_run``, a ViT trained on the embedded MNIST digits)
-is exported once with the defaults; the tests then load each artifact themselves
+and the export its Deploy block writes with the defaults; the tests load each artifact themselves
 (tf.saved_model, the ai-edge-litert Interpreter, onnxruntime) rather than trusting the
 manifest. Exports of other models (reference checkpoints, Keras's own ``model.export``) are
 in test_export_models.py, so that they do not wait for the main job.
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import onnx
@@ -25,17 +26,23 @@ from keras_vit.deploy import export
 from keras_vit.deploy.artifacts import TFLITE_PRECISIONS
 from keras_vit.cli import main
 from keras_vit.data import MNIST_CLASS_NAMES, load_embedded_mnist
+from readme_runner import MAIN_JOB_RUN, exports_the_main_job
 from tflite_runner import run_tflite
 
 CLASS_NAMES = MNIST_CLASS_NAMES  # what training on the embedded digits records
 
 
 @pytest.fixture(scope="session")
-def mnist_export(mnist_run):
-    """The main job's run folder (conftest) and its export with the defaults."""
+def mnist_export(mnist_run, readme_session):
+    """The main job's run folder (conftest) with the export that README's Deploy block
+    writes with the defaults (``keras-vit export saved_models/mnist_vit-ti4``), copied."""
     run, model, _ = mnist_run
-    manifest = export.export_model(run.path, progress=False)
-    return pathlib.Path(run.path), model, manifest
+    readme_session.run_through(exports_the_main_job)
+    written = os.path.join(readme_session.root, MAIN_JOB_RUN, "export")
+    assert os.path.isfile(os.path.join(written, "manifest.json")), f"README's export wrote no {written}/manifest.json"
+    shutil.copytree(written, os.path.join(run.path, "export"))
+    with open(os.path.join(run.path, "export", "manifest.json")) as file:
+        return pathlib.Path(run.path), model, json.load(file)
 
 
 def _entry(manifest, name):

@@ -15,7 +15,9 @@ Training is not shortened: the Deploy block exports full-integer int8, which the
 verifies at >= 99% top-1 agreement with Keras, and only the fully trained main-job model
 passes that (after 5 epochs it agreed on 94.5%). The blocks up to the main job's training
 run once per session in the ``readme_session`` fixture (conftest.py), which also hands a
-copy of that run to every test of the trained model; this test runs the rest.
+copy of that run to every test of the trained model; test_export.py's fixture runs on
+through the Deploy block's export (every format, the defaults) and tests those files; this
+test runs the rest.
 """
 
 import textwrap
