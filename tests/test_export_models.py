@@ -5,7 +5,6 @@ These need no trained model, so they do not wait for the main job (test_export.p
 """
 
 import json
-import os
 
 import numpy as np
 import onnxruntime
@@ -15,16 +14,14 @@ import tensorflow as tf
 import keras_vit
 from keras_vit.deploy import artifacts, export
 from keras_vit.weights.npz import from_npz
+from conftest import reference_path
 from tflite_runner import run_tflite
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["vit_token", "vit_hybrid"])
 def test_reference_checkpoints_export_within_1e4(case, tmp_path):
-    model = from_npz(os.path.join(DATA, f"{case}.npz"))
-    expected = np.load(os.path.join(DATA, f"{case}.expected.npz"))
+    model = from_npz(reference_path(case))
+    expected = np.load(reference_path(case, ".expected.npz"))
     images = expected["images"]
     data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference images")
     manifest = export.export_model(
@@ -50,7 +47,7 @@ def test_reference_checkpoints_export_within_1e4(case, tmp_path):
 
 
 def test_int8_without_calibration_data_is_refused_before_any_work(tmp_path):
-    model = from_npz(os.path.join(DATA, "vit_token.npz"))
+    model = from_npz(reference_path("vit_token"))
     with pytest.raises(ValueError, match=r"int8 needs calibration images.*32x32x3.*--images DIR"):
         export.export_model(model, tmp_path, formats="tflite", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -58,8 +55,8 @@ def test_int8_without_calibration_data_is_refused_before_any_work(tmp_path):
 
 @pytest.mark.slow  # exports
 def test_an_artifact_outside_its_tolerance_fails_by_name(tmp_path):
-    model = from_npz(os.path.join(DATA, "vit_token.npz"))
-    images = np.load(os.path.join(DATA, "vit_token.expected.npz"))["images"]
+    model = from_npz(reference_path("vit_token"))
+    images = np.load(reference_path("vit_token", ".expected.npz"))["images"]
     data = dict(calibration=None, verification=images, verification_labels=None, samples=None, source="reference")
     with pytest.raises(RuntimeError, match=r"model_float16.tflite: max abs difference from Keras [0-9.e-]+ exceeds [0-9.e-]+$"):
         export.export_model(
